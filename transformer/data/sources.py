@@ -228,7 +228,7 @@ def _fingerprint(*parts: Any, files: tuple[Path, ...] = ()) -> str:
 def _columns_from_data_source(source, keys: dict[str, str]) -> Columns:
   """Reads every record of an ArrayRecord data source into lists of columns."""
   n = len(source)
-  records = source.__getitems__(range(n)) if n else []
+  records = [source[i] for i in range(n)]
   out: Columns = {}
   for column, key in keys.items():
     values = [r[key] for r in records]
@@ -247,7 +247,10 @@ def _prepare(builder) -> dict[str, Any]:
 
   tfds.disable_progress_bar()
   builder.download_and_prepare(file_format='array_record')
-  return builder.as_data_source()
+  # Naming the splits explicitly also works under tfds.testing.mock_data, whose
+  # builders report no splits; those get the usual three.
+  splits = list(builder.info.splits.keys()) or ['train', 'validation', 'test']
+  return dict(zip(splits, builder.as_data_source(split=splits)))
 
 
 def local_text_source(path, *, valid_fraction: float, data_dir) -> tuple[Callable[[], dict[str, Columns]], str]:

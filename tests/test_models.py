@@ -1,0 +1,212 @@
+"""The three model families: causality, padding invariance, sizes, dtypes, options, caches."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import transformer as tf
+from transformer import config as config_lib
+
+RNG = jax.random.PRNGKey(0)
+
+
+def count_params(model, *args):
+  shapes = jax.eval_shape(model.init, RNG, *args)
+  return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+
+
+@pytest.mark.parametrize('preset,expected_millions', [('paper_base', 65), ('paper_big', 213)])
+def test_paper_parameter_counts_match_table_3(preset, expected_millions):
+  cfg = getattr(config_lib, preset)()
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  millions = count_params(tf.Transformer(cfg), tokens, tokens) / 1e6
+  assert abs(millions - expected_millions) / expected_millions < 0.05, millions
+
+
+def test_presets_have_the_papers_hyperparameters():
+  base, big = config_lib.paper_base(), config_lib.paper_big()
+  assert (base.num_layers, base.d_model, base.mlp_dim, base.num_heads,
+          base.resolved_head_dim, base.dropout_rate) == (6, 512, 2048, 8, 64, 0.1)
+  assert (big.d_model, big.mlp_dim, big.num_heads, big.resolved_head_dim,
+          big.dropout_rate) == (1024, 4096, 16, 64, 0.3)
+
+
+def tokens(seed, shape, vocab=40, low=1):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, low, vocab)
+
+
+def grad_rows_by_position(loss_fn, params, table_path, token_row):
+  """|d loss / d embedding row| for the token at each position (tokens are distinct)."""
+  grads = jax.grad(loss_fn)(params)
+  table = functools.reduce(lambda d, k: d[k], table_path, grads)
+  table = table.unbox() if hasattr(table, 'unbox') else table
+  return np.abs(np.asarray(table))[np.asarray(token_row)].sum(-1)
+
+
+@pytest.mark.parametrize('position', ['sinusoidal', 'rope'])
+def test_decoder_lm_is_causal_by_gradients(position):
+  cfg = tf.tiny(vocab_size=40, tie_output=False, position=position)
+  model = tf.DecoderLM(cfg)
+  seq = jnp.arange(1, 11)[None]  # distinct tokens, so rows map to positions
+  params = model.init(RNG, seq)
+  for t in (0, 4, 9):
+    g = grad_rows_by_position(lambda p: model.apply(p, seq)[0, t].sum(), params,
+                              ('params', 'embedding', 'embedding'), seq[0])
+    assert (g[t + 1:] == 0).all(), (t, g)
+    assert (g[: t + 1] > 0).all(), (t, g)
+
+
+def test_encoder_decoder_decoder_is_causal_by_gradients():
+  cfg = tf.tiny(vocab_size=40, tie_output=False, share_embeddings=False)
+  model = tf.Transformer(cfg)
+  src = tokens(1, (1, 6))
+  tgt = jnp.arange(1, 9)[None]
+  params = model.init(RNG, src, tgt)
+  for t in (0, 3, 7):
+    g = grad_rows_by_position(lambda p: model.apply(p, src, tgt)[0, t].sum(), params,
+                              ('params', 'target_embedding', 'embedding'), tgt[0])
+    assert (g[t + 1:] == 0).all(), (t, g)
+    assert (g[: t + 1] > 0).all(), (t, g)
+
+
+def test_source_padding_does_not_change_real_outputs():
+  cfg = tf.tiny(vocab_size=40)
+  model = tf.Transformer(cfg)
+  src, tgt = tokens(2, (2, 6)), tokens(3, (2, 5))
+  params = model.init(RNG, src, tgt)
+  padded_src = jnp.pad(src, ((0, 0), (0, 4)))
+  np.testing.assert_allclose(model.apply(params, padded_src, tgt), model.apply(params, src, tgt),
+                             rtol=1e-5, atol=1e-5)
+  # Different contents behind the padding would not matter either: it is masked as pad.
+  enc = model.apply(params, padded_src, method=model.encode)
+  np.testing.assert_allclose(enc[:, :6], model.apply(params, src, method=model.encode),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_target_and_lm_padding_does_not_change_real_outputs():
+  cfg = tf.tiny(vocab_size=40)
+  lm = tf.DecoderLM(cfg)
+  seq = tokens(4, (2, 6))
+  params = lm.init(RNG, seq)
+  padded = jnp.pad(seq, ((0, 0), (0, 3)))
+  np.testing.assert_allclose(lm.apply(params, padded)[:, :6], lm.apply(params, seq),
+                             rtol=1e-5, atol=1e-5)
+  enc_model = tf.EncoderModel(cfg)
+  params = enc_model.init(RNG, seq)
+  np.testing.assert_allclose(
+      enc_model.apply(params, padded, method=enc_model.mlm_logits)[:, :6],
+      enc_model.apply(params, seq, method=enc_model.mlm_logits), rtol=1e-5, atol=1e-5)
+
+
+def build(kind, cfg):
+  src, tgt = tokens(5, (2, 7), cfg.vocab_size), tokens(6, (2, 5), cfg.vocab_size)
+  if kind == 'encdec':
+    return tf.Transformer(cfg), (src, tgt)
+  if kind == 'lm':
+    return tf.DecoderLM(cfg), (tgt,)
+  return tf.EncoderModel(cfg.replace(num_classes=3)), (src,)
+
+
+def flat_outputs(out):
+  return jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(out)])
+
+
+@pytest.mark.parametrize('kind', ['encdec', 'lm', 'encoder'])
+def test_jit_equals_eager_and_bfloat16_is_close(kind):
+  cfg = tf.tiny(vocab_size=40)
+  model, args = build(kind, cfg)
+  params = model.init(RNG, *args)
+  eager = flat_outputs(model.apply(params, *args))
+  jitted = flat_outputs(jax.jit(model.apply)(params, *args))
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+  bf16_model, _ = build(kind, cfg.replace(dtype='bfloat16'))
+  bf16 = flat_outputs(jax.jit(bf16_model.apply)(params, *args))
+  assert bf16.dtype == jnp.float32  # logits come back in float32
+  assert np.isfinite(np.asarray(bf16)).all()
+  rel = float(jnp.linalg.norm(bf16 - eager) / jnp.linalg.norm(eager))
+  assert rel < 2e-2, rel
+
+
+def test_bfloat16_params_and_compute():
+  cfg = tf.tiny(vocab_size=40, dtype='bfloat16', param_dtype='bfloat16')
+  model, args = build('encdec', cfg)
+  params = model.init(RNG, *args)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(nn.meta.unbox(params)))
+  assert np.isfinite(np.asarray(model.apply(params, *args))).all()
+
+
+@pytest.mark.parametrize('changes', [
+    dict(pre_norm=True), dict(norm='rmsnorm', pre_norm=True), dict(activation='swiglu'),
+    dict(activation='gelu'), dict(position='learned'), dict(position='rope'),
+    dict(num_kv_heads=1), dict(num_kv_heads=2), dict(share_embeddings=False, tie_output=False,
+                                                     target_vocab_size=30),
+    dict(use_bias=False), dict(num_decoder_layers=1), dict(head_dim=32),
+])
+def test_architecture_options_run_and_stay_causal(changes):
+  cfg = tf.tiny(vocab_size=40, **changes)
+  model = tf.Transformer(cfg)
+  src, tgt = tokens(7, (2, 6), 30), tokens(8, (2, 5), 30)
+  params = model.init(RNG, src, tgt)
+  logits = model.apply(params, src, tgt)
+  assert logits.shape == (2, 5, cfg.resolved_target_vocab_size)
+  assert np.isfinite(np.asarray(logits)).all()
+  # Changing the last target token must not change earlier logits.
+  changed = model.apply(params, src, tgt.at[:, -1].set(tgt[:, -1] % 29 + 1))
+  np.testing.assert_allclose(changed[:, :-1], logits[:, :-1], rtol=1e-5, atol=1e-5)
+
+
+def test_remat_gives_the_same_values_and_gradients():
+  cfg = tf.tiny(vocab_size=40, dropout_rate=0.1)
+  src, tgt = tokens(9, (2, 6)), tokens(10, (2, 5))
+  plain, remat = tf.Transformer(cfg), tf.Transformer(cfg.replace(remat=True))
+  params = plain.init(RNG, src, tgt)
+  loss = lambda m: lambda p: m.apply(p, src, tgt, deterministic=False,
+                                     rngs={'dropout': jax.random.PRNGKey(1)}).sum()
+  np.testing.assert_allclose(jax.jit(loss(remat))(params), jax.jit(loss(plain))(params),
+                             rtol=1e-5)
+  g1, g2 = jax.grad(loss(plain))(params), jax.grad(loss(remat))(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_changes_training_outputs_only():
+  cfg = tf.tiny(vocab_size=40, dropout_rate=0.3, attention_dropout_rate=0.1)
+  model, args = build('lm', cfg)
+  params = model.init(RNG, *args)
+  a = model.apply(params, *args, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)})
+  b = model.apply(params, *args, deterministic=False, rngs={'dropout': jax.random.PRNGKey(2)})
+  assert not np.allclose(a, b)
+  np.testing.assert_allclose(model.apply(params, *args), model.apply(params, *args))
+
+
+def test_embeddings_are_shared_and_tied():
+  cfg = tf.tiny(vocab_size=40)
+  model, args = build('encdec', cfg)
+  params = nn.meta.unbox(model.init(RNG, *args))['params']
+  assert set(params) == {'source_embedding', 'encoder', 'decoder'}
+  assert 'output_projection' not in params['decoder']
+
+
+def test_classifier_head():
+  cfg = tf.tiny(vocab_size=40, num_classes=3)
+  model, (src,) = build('encoder', cfg)
+  params = model.init(RNG, src)
+  out = model.apply(params, src)
+  np.testing.assert_allclose(model.apply(params, src, method=model.classify), out['class_logits'],
+                             rtol=1e-6)
+  assert out['mlm_logits'].shape == (2, 7, 40)
+  with pytest.raises(ValueError, match='num_classes'):
+    tf.EncoderModel(cfg.replace(num_classes=0)).apply(params, src, method='classify')
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match='divisible'):
+    tf.ModelConfig(d_model=30, num_heads=4)
+  with pytest.raises(ValueError, match='num_kv_heads'):
+    tf.ModelConfig(num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match='activation'):
+    tf.ModelConfig(activation='tanh')

@@ -1,0 +1,234 @@
+"""Scaled dot-product attention, its masks, and the multi-head attention module.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V          (paper, eq. 1)
+
+Shapes (see `transformer/__init__.py`): B batch, T query length, S key length, N query
+heads, K key/value heads (K divides N: N = K for the paper's multi-head attention, K = 1 for
+multi-query, anything between for grouped-query), H head width, D model width.
+
+Masks are boolean, True = may attend, broadcastable to [B, N, T, S] and combined with `&`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jaxtyping import Array, Bool, Float, Int
+
+from transformer import positional
+
+# Finite rather than -inf so that a fully masked row is still a well-defined softmax; its
+# weights are then zeroed explicitly (see `dot_product_attention`).
+_MASKED_LOGIT = -1e30
+
+
+def make_causal_mask(query_length: int, key_length: int | None = None,
+                     offset: int | Int[Array, ""] = 0) -> Bool[Array, "1 1 T S"]:
+  """Query t may attend to keys s <= t + offset (offset: keys already in a cache)."""
+  key_length = query_length if key_length is None else key_length
+  query_pos = jnp.arange(query_length)[:, None] + offset
+  key_pos = jnp.arange(key_length)[None, :]
+  return (key_pos <= query_pos)[None, None]
+
+
+def make_padding_mask(query_tokens: Array, key_tokens: Array, pad_id: int = 0
+                      ) -> Bool[Array, "B 1 T S"]:
+  """True where both the query and the key are real tokens (not `pad_id`).
+
+  Accepts token ids or booleans (True = real), since `True != 0`.
+  """
+  query_valid = query_tokens != pad_id
+  key_valid = key_tokens != pad_id
+  return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def make_segment_mask(query_segments: Int[Array, "B T"], key_segments: Int[Array, "B S"]
+                      ) -> Bool[Array, "B 1 T S"]:
+  """True where query and key belong to the same packed example (same segment id)."""
+  return query_segments[:, None, :, None] == key_segments[:, None, None, :]
+
+
+def _check_shapes(query: Array, key: Array, value: Array) -> None:
+  if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+    raise ValueError('query, key and value must be [B, T, N, H] / [B, S, K, H]; got '
+                     f'{query.shape}, {key.shape}, {value.shape}')
+  if key.shape != value.shape:
+    raise ValueError(f'key {key.shape} and value {value.shape} must have the same shape')
+  if query.shape[-1] != key.shape[-1]:
+    raise ValueError(f'head widths differ: query {query.shape}, key {key.shape}')
+  if query.shape[2] % key.shape[2]:
+    raise ValueError(f'{key.shape[2]} key/value heads do not divide {query.shape[2]} '
+                     'query heads')
+
+
+def dot_product_attention(
+    query: Float[Array, "B T N H"],
+    key: Float[Array, "B S K H"],
+    value: Float[Array, "B S K H"],
+    mask: Bool[Array, "#B #N #T #S"] | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+    implementation: str | None = None,
+    return_weights: bool = False,
+) -> Float[Array, "B T N H"] | tuple[Float[Array, "B T N H"], Float[Array, "B N T S"]]:
+  """softmax(Q K^T / sqrt(H)) V with boolean masks, grouped heads and attention dropout.
+
+  Logits and softmax are computed in float32 whatever the input dtype; the output has the
+  query's dtype. A query row whose keys are all masked returns zeros (never NaN).
+
+  Args:
+    query, key, value: see the module docstring; K must divide N.
+    mask: boolean, True = may attend, broadcastable to [B, N, T, S].
+    dropout_rate: probability of dropping an attention weight (paper: P_drop on sub-layer
+      outputs; attention dropout is the common addition of the tensor2tensor code).
+    dropout_rng: PRNG key, required when dropping.
+    deterministic: no dropout when True.
+    implementation: None for the einsum implementation below (any backend, dropout,
+      weights); 'xla' or 'cudnn' to call `jax.nn.dot_product_attention` (cuDNN's fused
+      flash attention on NVIDIA GPUs, bfloat16/float16 inputs).
+    return_weights: also return the [B, N, T, S] attention weights (einsum route only).
+  """
+  _check_shapes(query, key, value)
+  if implementation is not None:
+    return _library_attention(query, key, value, mask, implementation,
+                              dropout_rate=0.0 if deterministic else dropout_rate,
+                              return_weights=return_weights)
+  b, t, n, h = query.shape
+  k = key.shape[2]
+  groups = n // k
+  # Query head n uses key/value head n // groups.
+  grouped_query = query.reshape(b, t, k, groups, h)
+  logits = jnp.einsum('BTKGH,BSKH->BKGTS', grouped_query, key,
+                      preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, n, t, -1).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASKED_LOGIT)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if mask is not None:
+    # A fully masked row has uniform weights after the softmax; make it attend to nothing.
+    weights = jnp.where(mask, weights, 0.0)
+  if not deterministic and dropout_rate > 0.0:
+    if dropout_rng is None:
+      raise ValueError('dropout_rng is required for attention dropout')
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  grouped_weights = weights.reshape(b, k, groups, t, -1).astype(value.dtype)
+  out = jnp.einsum('BKGTS,BSKH->BTKGH', grouped_weights, value).reshape(b, t, n, h)
+  out = out.astype(query.dtype)
+  return (out, weights) if return_weights else out
+
+
+def _library_attention(query, key, value, mask, implementation, *, dropout_rate,
+                       return_weights):
+  """Routes to `jax.nn.dot_product_attention`, keeping our fully-masked-row semantics."""
+  if implementation not in ('xla', 'cudnn'):
+    raise ValueError(f"implementation must be None, 'xla' or 'cudnn'; got {implementation!r}")
+  if return_weights:
+    raise ValueError('return_weights needs implementation=None: fused kernels never '
+                     'materialise the attention weights')
+  if dropout_rate > 0.0:
+    raise ValueError(f'implementation={implementation!r} has no attention dropout; use '
+                     'implementation=None or attention_dropout_rate=0')
+  if implementation == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError("implementation='cudnn' needs an NVIDIA GPU; the default backend is "
+                     f"{jax.default_backend()!r}. Use implementation=None or 'xla'.")
+  b, t, n, _ = query.shape
+  s = key.shape[1]
+  full_mask = None if mask is None else jnp.broadcast_to(mask, (b, n, t, s))
+  out = jax.nn.dot_product_attention(query, key, value, mask=full_mask,
+                                     implementation=implementation)
+  if full_mask is not None:
+    row_has_key = full_mask.any(axis=-1)  # [B, N, T]
+    out = jnp.where(row_has_key.transpose(0, 2, 1)[..., None], out, 0).astype(out.dtype)
+  return out
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention with the paper's separate Q, K, V and output projections.
+
+  Self-attention when `inputs_kv` is None, cross-attention otherwise. With `num_kv_heads`
+  smaller than `num_heads` it is grouped-query (or multi-query) attention. With `rope=True`
+  queries and keys are rotated by their positions (RoPE).
+
+  Decoding: pass `cache={'key': [B, S_max, K, H], 'value': ...}` and `cache_index` (where
+  the new tokens go); the new keys and values are written there and the updated cache is
+  returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
+  The mask must then cover all S_max cache slots.
+  """
+  num_heads: int
+  head_dim: int
+  num_kv_heads: int | None = None
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  rope: bool = False
+  rope_max_wavelength: float = 10_000.0
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  def _projection(self, heads: int, name: str) -> nn.DenseGeneral:
+    return nn.DenseGeneral(
+        features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
+
+  @nn.compact
+  def __call__(self,
+               inputs_q: Float[Array, "B T D"],
+               inputs_kv: Float[Array, "B S D"] | None = None,
+               mask: Bool[Array, "#B #N #T #S"] | None = None,
+               *,
+               positions_q: Int[Array, "B T"] | None = None,
+               positions_kv: Int[Array, "B S"] | None = None,
+               cache: dict[str, Array] | None = None,
+               cache_index: Int[Array, ""] | None = None,
+               deterministic: bool = True):
+    num_kv_heads = self.num_kv_heads or self.num_heads
+    self_attention = inputs_kv is None
+    inputs_kv = inputs_q if self_attention else inputs_kv
+    query = self._projection(self.num_heads, 'query')(inputs_q)
+    key = self._projection(num_kv_heads, 'key')(inputs_kv)
+    value = self._projection(num_kv_heads, 'value')(inputs_kv)
+
+    if self.rope:
+      if positions_q is None or (positions_kv is None and not self_attention):
+        raise ValueError('rope=True needs positions_q (and positions_kv for cross-attention)')
+      positions_kv = positions_q if self_attention else positions_kv
+      query = positional.apply_rope(query, positions_q, self.rope_max_wavelength)
+      key = positional.apply_rope(key, positions_kv, self.rope_max_wavelength)
+
+    if cache is not None:
+      if not self_attention:
+        raise ValueError('the KV cache is for self-attention')
+      index = jnp.asarray(cache_index, jnp.int32)
+      zero = jnp.zeros((), jnp.int32)
+      start = (zero, index, zero, zero)
+      cache = {
+          'key': jax.lax.dynamic_update_slice(cache['key'], key.astype(cache['key'].dtype), start),
+          'value': jax.lax.dynamic_update_slice(cache['value'], value.astype(cache['value'].dtype),
+                                                start),
+      }
+      key, value = cache['key'].astype(self.dtype), cache['value'].astype(self.dtype)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng('dropout')
+    out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
+                                dropout_rng=dropout_rng, deterministic=deterministic,
+                                implementation=self.implementation)
+    out = nn.DenseGeneral(
+        features=inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='out',
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+    if cache is not None:
+      return out, cache
+    return out
+

@@ -1,0 +1,97 @@
+"""`ModelConfig`: every architectural choice of the three model families, in one frozen record.
+
+Presets follow the paper's Table 3: `paper_base()` (65M parameters with a shared 37000-token
+vocabulary) and `paper_big()` (213M); `tiny()` is for tests and laptops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 32                # source (and shared) vocabulary, pad id 0 included
+  target_vocab_size: int | None = None  # None: the target side uses `vocab_size` too
+  d_model: int = 64                   # D, the residual stream width
+  num_heads: int = 4                  # N query heads
+  num_kv_heads: int | None = None     # K key/value heads; None = num_heads (the paper's MHA)
+  head_dim: int | None = None         # H; None = d_model // num_heads (the paper's d_k = d_v)
+  mlp_dim: int = 256                  # F, the feed-forward inner width (paper: d_ff)
+  num_layers: int = 2                 # L encoder layers (and decoder layers unless below)
+  num_decoder_layers: int | None = None  # None = num_layers
+  max_len: int = 256                  # longest position the positional encoding covers
+  dropout_rate: float = 0.0           # P_drop: sub-layer outputs and embeddings
+  attention_dropout_rate: float = 0.0  # dropout on attention weights
+  activation: str = 'relu'            # feed-forward: 'relu' (paper), 'gelu', 'swiglu'
+  norm: str = 'layernorm'             # 'layernorm' (paper) or 'rmsnorm'
+  pre_norm: bool = False              # False: post-LN as in the paper; True: pre-LN
+  position: str = 'sinusoidal'        # 'sinusoidal' (paper), 'learned' or 'rope'
+  use_bias: bool = True               # biases in attention and feed-forward projections
+  share_embeddings: bool = True       # encoder-decoder: one embedding for source and target
+  tie_output: bool = True             # output projection = target embedding transposed
+  scale_embeddings: bool = True       # multiply embeddings by sqrt(d_model) (section 3.4)
+  num_classes: int = 0                # EncoderModel: >0 adds a sequence-classification head
+  pad_id: int = 0
+  dtype: str = 'float32'              # compute dtype, e.g. 'bfloat16'
+  param_dtype: str = 'float32'        # parameter storage dtype
+  attention_impl: str | None = None   # None (einsum), 'xla' or 'cudnn' (jax.nn fused path)
+  remat: bool = False                 # recompute each layer's activations in the backward pass
+
+  def __post_init__(self):
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
+                       'set head_dim explicitly')
+    if self.num_heads % (self.num_kv_heads or self.num_heads):
+      raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}')
+    if self.activation not in ('relu', 'gelu', 'swiglu'):
+      raise ValueError(f"activation must be 'relu', 'gelu' or 'swiglu', not {self.activation!r}")
+    if self.norm not in ('layernorm', 'rmsnorm'):
+      raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', not {self.norm!r}")
+    if self.position not in ('sinusoidal', 'learned', 'rope'):
+      raise ValueError(f"position must be 'sinusoidal', 'learned' or 'rope', not {self.position!r}")
+    if (self.share_embeddings and self.target_vocab_size is not None
+        and self.target_vocab_size != self.vocab_size):
+      raise ValueError('share_embeddings needs target_vocab_size == vocab_size (or None)')
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def resolved_target_vocab_size(self) -> int:
+    return self.target_vocab_size or self.vocab_size
+
+  @property
+  def resolved_num_decoder_layers(self) -> int:
+    return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def storage_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> 'ModelConfig':
+    return dataclasses.replace(self, **changes)
+
+
+def tiny(**changes) -> ModelConfig:
+  """Two layers of width 64: compiles in seconds on a CPU."""
+  return ModelConfig(**changes)
+
+
+def paper_base(vocab_size: int = 37_000, **changes) -> ModelConfig:
+  """Table 3, "base": N=6, d_model=512, d_ff=2048, h=8, d_k=d_v=64, P_drop=0.1."""
+  return ModelConfig(vocab_size=vocab_size, d_model=512, num_heads=8, mlp_dim=2048,
+                     num_layers=6, dropout_rate=0.1, max_len=1024, **changes)
+
+
+def paper_big(vocab_size: int = 37_000, **changes) -> ModelConfig:
+  """Table 3, "big": N=6, d_model=1024, d_ff=4096, h=16, d_k=d_v=64, P_drop=0.3."""
+  return ModelConfig(vocab_size=vocab_size, d_model=1024, num_heads=16, mlp_dim=4096,
+                     num_layers=6, dropout_rate=0.3, max_len=1024, **changes)

@@ -1,0 +1,142 @@
+"""The position-wise feed-forward network and the encoder and decoder layers.
+
+Each sub-layer (attention or feed-forward) is wrapped in a residual connection and layer
+normalisation, with dropout on the sub-layer output before the residual add (paper, 5.4):
+
+    post-LN (the paper):  x = Norm(x + Dropout(Sublayer(x)))
+    pre-LN  (option):     x = x + Dropout(Sublayer(Norm(x)))   (and a final Norm per stack)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jaxtyping import Array, Bool, Float, Int
+
+from transformer.attention import MultiHeadAttention
+from transformer.config import ModelConfig
+
+
+class FeedForward(nn.Module):
+  """FFN(x) = act(x W1 + b1) W2 + b2 (paper, eq. 2); SwiGLU: (silu(x Wg) * x W1) W2."""
+  mlp_dim: int
+  activation: str = 'relu'
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  def _dense(self, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=name,
+                    kernel_init=nn.with_logical_partitioning(self.kernel_init, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    hidden = self._dense(self.mlp_dim, ('embed', 'mlp'), 'wi')(x)
+    if self.activation == 'relu':
+      hidden = nn.relu(hidden)
+    elif self.activation == 'gelu':
+      hidden = nn.gelu(hidden)
+    elif self.activation == 'swiglu':
+      hidden = nn.silu(self._dense(self.mlp_dim, ('embed', 'mlp'), 'gate')(x)) * hidden
+    else:
+      raise ValueError(f'unknown activation {self.activation!r}')
+    return self._dense(x.shape[-1], ('mlp', 'embed'), 'wo')(hidden)
+
+
+def make_norm(config: ModelConfig, name: str) -> nn.Module:
+  """LayerNorm (the paper) or RMSNorm, with float32 statistics."""
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+  if config.norm == 'rmsnorm':
+    return nn.RMSNorm(epsilon=1e-6, dtype=config.compute_dtype,
+                      param_dtype=config.storage_dtype, scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=1e-6, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
+                      scale_init=scale_init,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      name=name)
+
+
+def make_attention(config: ModelConfig, name: str, rope: bool) -> MultiHeadAttention:
+  return MultiHeadAttention(
+      num_heads=config.num_heads, head_dim=config.resolved_head_dim,
+      num_kv_heads=config.num_kv_heads, dropout_rate=config.attention_dropout_rate,
+      use_bias=config.use_bias, rope=rope, implementation=config.attention_impl,
+      dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name)
+
+
+def make_feed_forward(config: ModelConfig, name: str = 'mlp') -> FeedForward:
+  return FeedForward(mlp_dim=config.mlp_dim, activation=config.activation,
+                     use_bias=config.use_bias, dtype=config.compute_dtype,
+                     param_dtype=config.storage_dtype, name=name)
+
+
+class _Residual(nn.Module):
+  """Runs one sub-layer with its norm, dropout and residual connection (pre- or post-LN)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, sublayer: Callable[[Array], Any], deterministic: bool):
+    norm = make_norm(self.config, 'norm')
+    y = sublayer(norm(x) if self.config.pre_norm else x)
+    y, extra = y if isinstance(y, tuple) else (y, None)
+    y = nn.Dropout(self.config.dropout_rate)(y, deterministic=deterministic)
+    x = x + y if self.config.pre_norm else norm(x + y)
+    return x, extra
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention then feed-forward, each as a residual sub-layer."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B S D"], mask: Bool[Array, "B 1 S S"] | None,
+               positions: Int[Array, "B S"], deterministic: bool) -> Float[Array, "B S D"]:
+    cfg = self.config
+    attention = make_attention(cfg, 'self_attention', rope=cfg.position == 'rope')
+    x, _ = _Residual(cfg, name='attention_block')(
+        x, lambda h: attention(h, mask=mask, positions_q=positions, deterministic=deterministic),
+        deterministic)
+    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg), deterministic)
+    return x
+
+
+class DecoderLayer(nn.Module):
+  """Masked self-attention, then (encoder-decoder only) cross-attention, then feed-forward.
+
+  With `cache` (this layer's {'key', 'value'}) and `cache_index`, the self-attention reads
+  and extends the cache and the layer returns `(x, cache)`.
+  """
+  config: ModelConfig
+  cross_attention: bool = True
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
+               positions: Int[Array, "B T"], deterministic: bool,
+               encoded: Float[Array, "B S D"] | None = None,
+               cross_mask: Bool[Array, "B 1 T S"] | None = None,
+               cache: dict[str, Array] | None = None,
+               cache_index: Int[Array, ""] | None = None):
+    cfg = self.config
+    self_attention = make_attention(cfg, 'self_attention', rope=cfg.position == 'rope')
+
+    def attend_self(h):
+      return self_attention(h, mask=mask, positions_q=positions, cache=cache,
+                            cache_index=cache_index, deterministic=deterministic)
+
+    x, new_cache = _Residual(cfg, name='self_attention_block')(x, attend_self, deterministic)
+    if self.cross_attention:
+      if encoded is None:
+        raise ValueError('this decoder layer has cross-attention: pass `encoded`')
+      cross = make_attention(cfg, 'cross_attention', rope=False)
+      x, _ = _Residual(cfg, name='cross_attention_block')(
+          x, lambda h: cross(h, encoded, mask=cross_mask, deterministic=deterministic),
+          deterministic)
+    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg), deterministic)
+    if cache is not None:
+      return x, new_cache
+    return x

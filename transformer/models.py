@@ -1,0 +1,319 @@
+"""The three Transformer families, built from `ModelConfig`.
+
+- `Transformer`: the paper's encoder-decoder (translation), with `encode` and `decode`.
+- `DecoderLM`: decoder-only, causal (language models).
+- `EncoderModel`: encoder-only, with a masked-LM head and a sequence-classification head.
+
+All are plain linen modules: `params = model.init(rng, ...)`, `model.apply(params, ...)`.
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that
+`transformer.sharding` maps onto a device mesh; `flax.linen.meta.unbox` strips them.
+
+Positions default to each token's index among its row's non-pad tokens, which is
+`arange(T)` for unpadded and right-padded rows and keeps left-padded prompts consistent.
+Packed rows pass `positions` and `segment_ids` explicitly.
+
+Decoding: `cache = model.init_cache(batch_size, max_length)`, then
+`logits, cache = model.apply(params, tokens, cache=cache, ...)` for a prompt (prefill,
+any length) and then one token at a time; training is the same code with `cache=None`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jaxtyping import Array, Float, Int
+
+from transformer import attention as attn
+from transformer import positional
+from transformer.config import ModelConfig
+from transformer.layers import DecoderLayer, EncoderLayer, make_norm
+
+Cache = dict[str, Any]
+
+
+def default_positions(tokens: Int[Array, "B T"], pad_id: int = 0,
+                      offset: Int[Array, "B"] | None = None) -> Int[Array, "B T"]:
+  """Index of each token among its row's real tokens (plus `offset` already cached)."""
+  count = jnp.cumsum(tokens != pad_id, axis=-1) - 1
+  if offset is not None:
+    count = count + offset[:, None]
+  return jnp.maximum(count, 0).astype(jnp.int32)
+
+
+def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length: int,
+               dtype: Any = None) -> Cache:
+  """An empty decoding cache: per-layer keys and values, which slots hold real tokens,
+  and the next slot to write."""
+  k = config.num_kv_heads or config.num_heads
+  dtype = config.compute_dtype if dtype is None else dtype
+  shape = (batch_size, max_length, k, config.resolved_head_dim)
+  layer = lambda: {'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype)}
+  return {
+      'index': jnp.zeros((), jnp.int32),
+      'valid': jnp.zeros((batch_size, max_length), jnp.bool_),
+      'layers': [layer() for _ in range(num_layers)],
+  }
+
+
+def _embedding(config: ModelConfig, vocab_size: int, name: str) -> nn.Embed:
+  # N(0, d^-1/2) so that, after the sqrt(d) scaling, embeddings have unit variance.
+  return nn.Embed(vocab_size, config.d_model, dtype=config.compute_dtype,
+                  param_dtype=config.storage_dtype, name=name,
+                  embedding_init=nn.with_logical_partitioning(
+                      nn.initializers.normal(stddev=config.d_model ** -0.5), ('vocab', 'embed')))
+
+
+class _Embedder(nn.Module):
+  """Token embedding * sqrt(d_model) + positional encoding, then dropout (paper 3.4, 3.5)."""
+  config: ModelConfig
+  embedding: nn.Embed
+
+  @nn.compact
+  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"],
+               deterministic: bool) -> Float[Array, "B T D"]:
+    cfg = self.config
+    x = self.embedding(tokens)
+    if cfg.scale_embeddings:
+      x = x * jnp.sqrt(cfg.d_model).astype(x.dtype)
+    if cfg.position == 'sinusoidal':
+      table = positional.sinusoidal_encoding(cfg.max_len, cfg.d_model)
+      x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
+    elif cfg.position == 'learned':
+      x = x + positional.LearnedPositionalEmbedding(
+          cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+          name='position_embedding')(positions)
+    # 'rope' rotates queries and keys inside attention instead.
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+def _layer_class(cls, config: ModelConfig):
+  # Argument 4 (counting self) is `deterministic`, a Python bool.
+  return nn.remat(cls, static_argnums=(4,)) if config.remat else cls
+
+
+class Encoder(nn.Module):
+  """Embeddings and a stack of `EncoderLayer`s: [B, S] tokens -> [B, S, D]."""
+  config: ModelConfig
+  embedding: nn.Embed
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = _Embedder(cfg, self.embedding)
+    layer = _layer_class(EncoderLayer, cfg)
+    self.layers = [layer(cfg, name=f'layer_{i}') for i in range(cfg.num_layers)]
+    if cfg.pre_norm:
+      self.final_norm = make_norm(cfg, 'final_norm')
+
+  def __call__(self, tokens: Int[Array, "B S"], positions: Int[Array, "B S"] | None = None,
+               segment_ids: Int[Array, "B S"] | None = None,
+               deterministic: bool = True) -> Float[Array, "B S D"]:
+    cfg = self.config
+    if positions is None:
+      positions = default_positions(tokens, cfg.pad_id)
+    mask = attn.make_padding_mask(tokens, tokens, cfg.pad_id)
+    if segment_ids is not None:
+      mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
+    x = self.embedder(tokens, positions, deterministic)
+    for layer in self.layers:
+      x = layer(x, mask, positions, deterministic)
+    return self.final_norm(x) if cfg.pre_norm else x
+
+
+class Decoder(nn.Module):
+  """Embeddings, a stack of causal `DecoderLayer`s and the output projection to logits.
+
+  Logits are float32 whatever the compute dtype.
+  """
+  config: ModelConfig
+  embedding: nn.Embed
+  num_layers: int
+  cross_attention: bool
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = _Embedder(cfg, self.embedding)
+    layer = _layer_class(DecoderLayer, cfg)
+    self.layers = [layer(cfg, self.cross_attention, name=f'layer_{i}')
+                   for i in range(self.num_layers)]
+    if cfg.pre_norm:
+      self.final_norm = make_norm(cfg, 'final_norm')
+    if not cfg.tie_output:
+      self.output_projection = nn.Dense(
+          cfg.resolved_target_vocab_size, dtype=cfg.compute_dtype,
+          param_dtype=cfg.storage_dtype, name='output_projection',
+          kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                   ('embed', 'vocab')),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)))
+
+  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
+               segment_ids: Int[Array, "B T"] | None = None,
+               encoded: Float[Array, "B S D"] | None = None,
+               encoder_tokens: Int[Array, "B S"] | None = None,
+               encoder_segment_ids: Int[Array, "B S"] | None = None,
+               cache: Cache | None = None, deterministic: bool = True):
+    cfg = self.config
+    valid = tokens != cfg.pad_id
+    cross_mask = None
+    if self.cross_attention:
+      cross_mask = (encoder_tokens != cfg.pad_id)[:, None, None, :]
+      if segment_ids is not None:
+        cross_mask = cross_mask & attn.make_segment_mask(segment_ids, encoder_segment_ids)
+
+    if cache is None:
+      if positions is None:
+        positions = default_positions(tokens, cfg.pad_id)
+      mask = attn.make_causal_mask(tokens.shape[1]) & valid[:, None, None, :]
+      if segment_ids is not None:
+        mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
+      index = None
+    else:
+      index = cache['index']
+      if positions is None:
+        positions = default_positions(tokens, cfg.pad_id, offset=cache['valid'].sum(-1))
+      key_valid = jax.lax.dynamic_update_slice(cache['valid'], valid, (0, index))
+      mask = (attn.make_causal_mask(tokens.shape[1], key_valid.shape[1], offset=index)
+              & key_valid[:, None, None, :])
+
+    x = self.embedder(tokens, positions, deterministic)
+    new_layer_caches = []
+    for i, layer in enumerate(self.layers):
+      if cache is None:
+        x = layer(x, mask, positions, deterministic, encoded, cross_mask)
+      else:
+        x, layer_cache = layer(x, mask, positions, deterministic, encoded, cross_mask,
+                               cache['layers'][i], index)
+        new_layer_caches.append(layer_cache)
+    if cfg.pre_norm:
+      x = self.final_norm(x)
+    if cfg.tie_output:
+      logits = self.embedding.attend(x)
+    else:
+      logits = self.output_projection(x)
+    logits = logits.astype(jnp.float32)
+    if cache is None:
+      return logits
+    new_cache = {'index': index + tokens.shape[1], 'valid': key_valid,
+                 'layers': new_layer_caches}
+    return logits, new_cache
+
+
+class Transformer(nn.Module):
+  """The encoder-decoder of "Attention Is All You Need".
+
+  `__call__(inputs, decoder_inputs)` is teacher forcing: `decoder_inputs` are the targets
+  shifted right (starting with bos), and the logits predict the targets.
+  """
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    source_embedding = _embedding(cfg, cfg.vocab_size, 'source_embedding')
+    if cfg.share_embeddings:
+      target_embedding = source_embedding
+    else:
+      target_embedding = _embedding(cfg, cfg.resolved_target_vocab_size, 'target_embedding')
+    self.encoder = Encoder(cfg, source_embedding)
+    self.decoder = Decoder(cfg, target_embedding, cfg.resolved_num_decoder_layers,
+                           cross_attention=True)
+
+  def encode(self, inputs: Int[Array, "B S"], *, inputs_positions=None,
+             inputs_segment_ids=None, deterministic: bool = True) -> Float[Array, "B S D"]:
+    return self.encoder(inputs, inputs_positions, inputs_segment_ids, deterministic)
+
+  def decode(self, encoded: Float[Array, "B S D"], inputs: Int[Array, "B S"],
+             decoder_inputs: Int[Array, "B T"], *, decoder_positions=None,
+             decoder_segment_ids=None, inputs_segment_ids=None, cache: Cache | None = None,
+             deterministic: bool = True):
+    """Logits [B, T, V] (and the new cache when `cache` is given)."""
+    return self.decoder(decoder_inputs, decoder_positions, decoder_segment_ids, encoded,
+                        inputs, inputs_segment_ids, cache, deterministic)
+
+  def __call__(self, inputs: Int[Array, "B S"], decoder_inputs: Int[Array, "B T"], *,
+               inputs_positions=None, inputs_segment_ids=None, decoder_positions=None,
+               decoder_segment_ids=None, deterministic: bool = True) -> Float[Array, "B T V"]:
+    encoded = self.encode(inputs, inputs_positions=inputs_positions,
+                          inputs_segment_ids=inputs_segment_ids, deterministic=deterministic)
+    return self.decode(encoded, inputs, decoder_inputs, decoder_positions=decoder_positions,
+                       decoder_segment_ids=decoder_segment_ids,
+                       inputs_segment_ids=inputs_segment_ids, deterministic=deterministic)
+
+  def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> Cache:
+    return init_cache(self.config, self.config.resolved_num_decoder_layers, batch_size,
+                      max_length, dtype)
+
+
+class DecoderLM(nn.Module):
+  """Decoder-only causal language model: tokens [B, T] -> next-token logits [B, T, V]."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.decoder = Decoder(cfg, _embedding(cfg, cfg.vocab_size, 'embedding'), cfg.num_layers,
+                           cross_attention=False)
+
+  def __call__(self, inputs: Int[Array, "B T"], *, positions=None, segment_ids=None,
+               cache: Cache | None = None, deterministic: bool = True):
+    return self.decoder(inputs, positions, segment_ids, cache=cache, deterministic=deterministic)
+
+  def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> Cache:
+    return init_cache(self.config, self.config.num_layers, batch_size, max_length, dtype)
+
+
+class EncoderModel(nn.Module):
+  """Encoder-only (BERT-style): a masked-LM head and, with `num_classes`, a classifier.
+
+  `__call__` returns {'mlm_logits': [B, T, V], 'class_logits': [B, C]} (the latter only
+  when `config.num_classes > 0`); `mlm_logits` and `classify` compute one head each.
+  The classifier reads the first token (put a bos/[CLS] token there).
+  """
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = _embedding(cfg, cfg.vocab_size, 'embedding')
+    self.encoder = Encoder(cfg, self.embedding)
+    dense = lambda features, axes, name: nn.Dense(
+        features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    self.mlm_transform = dense(cfg.d_model, ('embed', 'mlp'), 'mlm_transform')
+    self.mlm_norm = make_norm(cfg, 'mlm_norm')
+    self.mlm_bias = self.param('mlm_bias', nn.with_logical_partitioning(
+        nn.initializers.zeros, ('vocab',)), (cfg.vocab_size,), cfg.storage_dtype)
+    if cfg.num_classes:
+      self.pooler = dense(cfg.d_model, ('embed', 'mlp'), 'pooler')
+      self.classifier = dense(cfg.num_classes, ('mlp', None), 'classifier')
+
+  def encode(self, inputs, *, positions=None, segment_ids=None, deterministic: bool = True):
+    return self.encoder(inputs, positions, segment_ids, deterministic)
+
+  def _mlm_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    x = self.mlm_norm(nn.gelu(self.mlm_transform(x)))
+    return (self.embedding.attend(x) + self.mlm_bias).astype(jnp.float32)
+
+  def _class_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B C"]:
+    if not self.config.num_classes:
+      raise ValueError('this EncoderModel has no classifier: set config.num_classes')
+    pooled = jnp.tanh(self.pooler(x[:, 0]))
+    return self.classifier(pooled).astype(jnp.float32)
+
+  def mlm_logits(self, inputs, *, positions=None, segment_ids=None,
+                 deterministic: bool = True) -> Float[Array, "B T V"]:
+    return self._mlm_head(self.encode(inputs, positions=positions, segment_ids=segment_ids,
+                                      deterministic=deterministic))
+
+  def classify(self, inputs, *, positions=None, segment_ids=None,
+               deterministic: bool = True) -> Float[Array, "B C"]:
+    return self._class_head(self.encode(inputs, positions=positions, segment_ids=segment_ids,
+                                        deterministic=deterministic))
+
+  def __call__(self, inputs, *, positions=None, segment_ids=None, deterministic: bool = True):
+    x = self.encode(inputs, positions=positions, segment_ids=segment_ids,
+                    deterministic=deterministic)
+    out = {'mlm_logits': self._mlm_head(x)}
+    if self.config.num_classes:
+      out['class_logits'] = self._class_head(x)
+    return out
