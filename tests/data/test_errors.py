@@ -1,0 +1,75 @@
+"""Each kind of bad data fails with a clear message."""
+
+import pytest
+
+from transformer.data import CharTokenizer, SentencePieceTokenizer, default_data_config, get_datasets
+
+
+def _get(tmp_path, **fields):
+  c = default_data_config()
+  for k, v in fields.items():
+    setattr(c, k, v)
+  task = 'translation' if c.source == 'parallel' else 'lm'
+  return get_datasets(c, task=task, workdir=tmp_path / 'work', global_batch_size=2, seed=0,
+                      process_index=0, process_count=1)
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nope.txt'):
+    _get(tmp_path, source='text', path=str(tmp_path / 'nope.txt'), tokenizer='char')
+
+
+def test_missing_parallel_side(tmp_path):
+  (tmp_path / 'train.en').write_text('a\n')
+  with pytest.raises(FileNotFoundError, match=r'train\.de'):
+    _get(tmp_path, source='parallel', path=str(tmp_path), src_lang='en', tgt_lang='de',
+         tokenizer='char')
+
+
+def test_empty_file(tmp_path):
+  (tmp_path / 'empty.txt').write_text('')
+  with pytest.raises(ValueError, match='empty.*empty.txt'):
+    _get(tmp_path, source='text', path=str(tmp_path / 'empty.txt'), tokenizer='char')
+
+
+def test_parallel_line_counts_differ(tmp_path):
+  (tmp_path / 'train.en').write_text('a\nb\nc\n')
+  (tmp_path / 'train.de').write_text('x\ny\n')
+  with pytest.raises(ValueError) as e:
+    _get(tmp_path, source='parallel', path=str(tmp_path), src_lang='en', tgt_lang='de',
+         tokenizer='char')
+  message = str(e.value)
+  assert 'train.en' in message and 'train.de' in message
+  assert '3 lines' in message and '2 lines' in message
+
+
+def test_undecodable_bytes_name_file_and_line(tmp_path):
+  bad = tmp_path / 'bad.txt'
+  bad.write_bytes(b'fine\nalso fine\nbroken \xff\xfe here\n')
+  with pytest.raises(ValueError, match=r'bad\.txt.*line 3'):
+    _get(tmp_path, source='text', path=str(bad), tokenizer='char')
+
+
+def test_sentencepiece_vocab_too_small(tmp_path):
+  texts = ['abcdefghij klmnop'] * 10
+  with pytest.raises(ValueError, match='vocab_size=100 is too small.*17 distinct'):
+    SentencePieceTokenizer.train(texts, tmp_path / 'm.model', vocab_size=100)
+
+
+def test_char_vocabulary_misses_characters():
+  tok = CharTokenizer('abc')
+  with pytest.raises(ValueError, match="misses characters.*'z'"):
+    tok.encode('abz')
+
+
+def test_bad_config_values(tmp_path):
+  with pytest.raises(ValueError, match='overlong'):
+    _get(tmp_path, overlong='wrap')
+  with pytest.raises(ValueError, match='synthetic_task'):
+    c = default_data_config()
+    c.synthetic_task = 'shuffle'
+    get_datasets(c, task='translation', workdir=tmp_path, global_batch_size=2, seed=0,
+                 process_index=0, process_count=1)
+  with pytest.raises(ValueError, match='divisible'):
+    get_datasets(default_data_config(), task='translation', workdir=tmp_path,
+                 global_batch_size=3, seed=0, process_index=0, process_count=2)
