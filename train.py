@@ -1,0 +1,37 @@
+"""Trains a Transformer: `python train.py [--config configs/NAME.py] [--workdir DIR]`.
+
+Any config field can be overridden: `--config.train.num_steps=100`. Running again on the
+same workdir resumes from its newest checkpoint, data position included.
+"""
+
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from transformer.train import train_and_evaluate
+
+_HERE = pathlib.Path(__file__).resolve().parent
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', str(_HERE / 'configs' / 'default.py'), 'Experiment config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Run folder (default: runs/<config file name>).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every save at INFO: keep the console to the progress bar and summaries
+    # unless asked (--verbosity=0 restores INFO).
+    logging.set_verbosity(logging.WARNING)
+  config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
+  workdir = _WORKDIR.value or str(pathlib.Path('runs') / config_path.stem)
+  logging.info('workdir %s', workdir)
+  metrics = train_and_evaluate(_CONFIG.value, workdir)
+  print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
+
+
+if __name__ == '__main__':
+  app.run(main)

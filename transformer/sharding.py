@@ -1,0 +1,139 @@
+"""Device meshes, logical-axis rules, and the shardings of train states and batches.
+
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`); a table of
+rules maps each logical name onto mesh axes `('data', 'fsdp', 'tensor')`. The batch is split
+over data x fsdp. One code path serves one CPU, a GPU box and a multi-host pod:
+
+    mesh = make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+    shardings = state_shardings(abstract_boxed_state, mesh, DEFAULT_RULES)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+# Logical name -> mesh axes. `embed` over fsdp shards every matrix's model-width side (ZeRO-3
+# style); heads, mlp and vocab over tensor is Megatron's layout. A rule whose mesh axis has
+# size 1 costs nothing.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ('batch', BATCH_AXES),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('kv', None),
+)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over `devices` (default: all) with axes ('data', 'fsdp', 'tensor').
+
+  `shape` gives each axis's size; one axis may be -1 to take the remaining devices.
+  Axes are Auto so that linen's sharding annotations apply (see STACK.md).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = dict({'data': -1, 'fsdp': 1, 'tensor': 1}, **(shape or {}))
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'unknown mesh axes {sorted(unknown)}; use {MESH_AXES}')
+  sizes = [shape[a] for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'at most one mesh axis may be -1: {shape}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f'{len(devices)} devices do not split into mesh {shape}')
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
+                     f'there are {len(devices)}')
+  grid = np.asarray(devices).reshape(sizes)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_mesh(specs: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+  """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def state_shardings(abstract_boxed_state: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+  """Shardings for a state whose parameters (and optimizer moments) carry logical names.
+
+  Leaves without names (step counters, scalars) are replicated. The result has the
+  structure of the unboxed state.
+  """
+  specs = nn.get_partition_spec(abstract_boxed_state)
+  return logical_to_mesh(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows over data x fsdp, everything else replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """The global batch must be a multiple of this (the number of batch shards)."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+# --- pmap: plain data parallelism over one named device axis ------------------------------
+
+PMAP_AXIS = 'devices'
+
+
+def pmap_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh whose axis name matches pmap's, for placing stacked per-device inputs."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (PMAP_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicate_for_pmap(tree: Any, mesh: Mesh) -> Any:
+  """Stacks one copy per device, already laid out the way pmap wants its inputs.
+
+  (Placing them with a sharding over a mesh named like pmap's axis avoids the second
+  compilation that `flax.jax_utils.replicate` causes.)
+  """
+  n = mesh.devices.size
+  sharding = NamedSharding(mesh, P(PMAP_AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+      tree)
+
+
+def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """[B, ...] host arrays -> [devices, B / devices, ...] arrays, one slice per device."""
+  n = mesh.devices.size
+  sharding = NamedSharding(mesh, P(PMAP_AXIS))
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if v.shape[0] % n:
+      raise ValueError(f'batch of {v.shape[0]} rows does not split over {n} devices')
+    out[k] = jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]), sharding)
+  return out
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy of a pmap-replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)

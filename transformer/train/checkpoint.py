@@ -1,0 +1,87 @@
+"""Orbax checkpoints of a run: the train state, the data iterator's position and the config.
+
+Saves are asynchronous (the device-to-host copy happens before `save` returns, the disk
+write in the background) and atomic: Orbax writes into a temporary folder and renames it
+when complete, so a crash never leaves a half-written newest checkpoint behind. The newest
+`max_to_keep` checkpoints are kept, plus the best one by `best_metric` when given.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpointer:
+  """A thin owner of an Orbax `CheckpointManager` under `workdir/checkpoints`."""
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3,
+               best_metric: str | None = None, best_mode: str = 'min',
+               asynchronous: bool = True):
+    keep: list[Any] = [policies.LatestN(n=max_to_keep)]
+    if best_metric:
+      keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
+                                 reverse=best_mode == 'min', n=1,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=asynchronous,
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        create=True)
+    self.best_metric = best_metric
+    self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                                         item_names=('state', 'data', 'config'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None,
+           config: Mapping[str, Any], metrics: Mapping[str, float] | None = None,
+           force: bool = True) -> bool:
+    if metrics is not None and self.best_metric not in metrics:
+      metrics = None
+    return self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                data=ocp.args.JsonSave(dict(data_state or {})),
+                                config=ocp.args.JsonSave(dict(config))),
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+        force=force)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+    """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with `.sharding`),
+    so a checkpoint written on one mesh or device count loads onto another."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=ocp.args.JsonRestore(),
+                                      config=ocp.args.JsonRestore()))
+    return restored['state'], restored['data'], restored['config']
+
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored['state']
+
+  def restore_config(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored['config']
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the shardings that a restore should produce."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

@@ -1,0 +1,313 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind `train.py`.
+
+The loop owns I/O: data, checkpoints, evaluation, metric writing and signals. The
+step functions in `step.py` stay pure. Metrics of step s are fetched after step s + 1 has
+been dispatched, so logging never stalls the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from tqdm.auto import tqdm
+
+from transformer import data as data_lib
+from transformer import models, sharding
+from transformer.config import ModelConfig
+from transformer.train import checkpoint as checkpoint_lib
+from transformer.train import metrics as metrics_lib
+from transformer.train import optimizer as optimizer_lib
+from transformer.train import step as step_lib
+
+MODEL_CLASSES = {
+    'translation': models.Transformer,
+    'lm': models.DecoderLM,
+    'mlm': models.EncoderModel,
+    'classification': models.EncoderModel,
+}
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize` when the config or the environment asks for processes."""
+  dist = config.get('distributed')
+  if dist is not None and dist.get('num_processes', 1) > 1:
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  elif os.environ.get('JAX_COORDINATOR_ADDRESS') or (dist is not None and dist.get('auto')):
+    jax.distributed.initialize()  # pods and SLURM clusters describe themselves
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  """`ModelConfig(**config.model)`, with `vocab_size: 0` meaning "the tokenizer's"."""
+  fields = config.model.to_dict()
+  if not fields.get('vocab_size'):
+    fields['vocab_size'] = vocab_size
+  return ModelConfig(**fields)
+
+
+def example_inputs(task: str, length: int = 8) -> tuple[jax.Array, ...]:
+  tokens = jnp.ones((1, length), jnp.int32)
+  return (tokens, tokens) if task == 'translation' else (tokens,)
+
+
+def init_fn(model: nn.Module, task: str, tx) -> Any:
+  """rng -> TrainState with logically-annotated ("boxed") parameters and moments."""
+  def init(rng):
+    variables = model.init(rng, *example_inputs(task))
+    return step_lib.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+  return init
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+  """Builds everything one run needs from its config; `run()` trains and evaluates."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    maybe_initialize_distributed(config)
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.task = config.task
+    self.is_main = jax.process_index() == 0
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.datasets = data_lib.get_datasets(
+        config.data, task=self.task, workdir=self.workdir,
+        global_batch_size=config.train.batch_size, seed=config.seed)
+    self.model_config = model_config(config, self.datasets.vocab_size)
+    self.model = MODEL_CLASSES[self.task](self.model_config)
+    self.schedule = optimizer_lib.make_schedule(config.optim, self.model_config.d_model,
+                                                config.train.num_steps)
+    self.tx = optimizer_lib.make_optimizer(config.optim, self.schedule)
+    self.parallelism = config.get('parallelism', 'jit')
+    self.mesh = sharding.make_mesh(config.mesh.to_dict())
+    self.checkpointer = checkpoint_lib.Checkpointer(
+        self.workdir / 'checkpoints', max_to_keep=config.train.max_to_keep,
+        best_metric=config.train.get('best_metric') or None,
+        best_mode=config.train.get('best_mode', 'min'))
+    self._build_state_and_steps()
+
+  # --- state and compiled steps -------------------------------------------------------------
+
+  def _build_state_and_steps(self) -> None:
+    init = init_fn(self.model, self.task, self.tx)
+    rng = jax.random.PRNGKey(self.config.seed)
+    boxed = jax.eval_shape(init, rng)
+    self.state_sharding = sharding.state_shardings(boxed, self.mesh)
+    self.abstract_state = checkpoint_lib.abstract_with_shardings(nn.meta.unbox(boxed),
+                                                                 self.state_sharding)
+    self._init = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=self.state_sharding)
+    self._rng = rng
+
+    train_fn = functools.partial(
+        step_lib.train_step, model=self.model, task=self.task,
+        dropout_key=jax.random.fold_in(rng, 1),
+        label_smoothing=self.config.train.label_smoothing,
+        grad_accum_steps=self.config.train.grad_accum_steps,
+        learning_rate_fn=self.schedule)
+    eval_fn = functools.partial(step_lib.eval_step, model=self.model, task=self.task)
+    if self.parallelism == 'pmap':
+      self.pmap_mesh = sharding.pmap_mesh()
+      self.p_train, self.p_eval = step_lib.pmap_steps(train_fn, eval_fn, sharding.PMAP_AXIS)
+    elif self.parallelism == 'jit':
+      self.p_train, self.p_eval = step_lib.jit_steps(
+          train_fn, eval_fn, self.state_sharding, self.state_sharding.params,
+          sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh))
+    else:
+      raise ValueError(f"parallelism must be 'jit' or 'pmap', not {self.parallelism!r}")
+
+  def _to_device_state(self, state):
+    if self.parallelism == 'pmap':
+      return sharding.replicate_for_pmap(jax.device_get(state), self.pmap_mesh)
+    return state
+
+  def _to_host_state(self, state):
+    """The state as one logical copy (what checkpoints hold)."""
+    return sharding.unreplicate(state) if self.parallelism == 'pmap' else state
+
+  def _put_batch(self, batch):
+    if self.parallelism == 'pmap':
+      return sharding.split_for_pmap(batch, self.pmap_mesh)
+    return sharding.global_batch(batch, self.mesh)
+
+  def _params_for_eval(self, state):
+    return state.params
+
+  def _scalar_metrics(self, metrics):
+    if self.parallelism == 'pmap':
+      metrics = sharding.unreplicate(metrics)
+    return metrics_lib.to_float(metrics)
+
+  def restore_or_init(self):
+    """(state, data iterator), from the newest checkpoint when there is one."""
+    iterator = self.datasets.train_iter()
+    step = self.checkpointer.latest_step()
+    if step is None:
+      state = self._init(self._rng)
+    else:
+      state, data_state, _ = self.checkpointer.restore(step, self.abstract_state)
+      if data_state:
+        iterator.set_state(data_state)
+      logging.info('restored step %d from %s', step, self.workdir / 'checkpoints')
+    return self._to_device_state(state), iterator
+
+  def save(self, state, iterator, metrics=None) -> None:
+    host_state = self._to_host_state(state)
+    step = int(jax.device_get(host_state.step))
+    self.checkpointer.save(step, host_state, iterator.get_state(), self.config.to_dict(),
+                           metrics=metrics)
+
+  # --- evaluation ---------------------------------------------------------------------------
+
+  def evaluate(self, params, split: str = 'valid') -> dict[str, float]:
+    totals: dict[str, float] = {}
+    max_batches = self.config.train.eval_batches
+    for i, batch in enumerate(self.datasets.eval_batches(split)):
+      if max_batches and i >= max_batches:
+        break
+      sums = self._scalar_metrics(self.p_eval(params, self._put_batch(batch)))
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0.0) + v
+    if not totals:
+      return {}
+    summary = metrics_lib.to_float(step_lib.summarise(totals))
+    out = {'loss': summary['nll'], 'accuracy': summary['accuracy'],
+           'perplexity': float(np.exp(min(summary['nll'], 50.0)))}
+    if 'exact_match' in summary:
+      out['exact_match'] = summary['exact_match']
+    return {f'{split_prefix(split)}/{k}': v for k, v in out.items()}
+
+  # --- the loop -----------------------------------------------------------------------------
+
+  def run(self) -> dict[str, float]:
+    cfg = self.config.train
+    if self.is_main:
+      (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
+    writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main)
+    state, iterator = self.restore_or_init()
+    start = int(jax.device_get(self._to_host_state(state).step))
+    num_steps = cfg.num_steps
+    lengths = self._lengths()
+    flops_per_token = metrics_lib.train_flops_per_token(self.model_config, self.task, *lengths)
+    peak, peak_source = metrics_lib.device_peak_flops()
+    throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
+    logging.info('model FLOPs/token %.3g; peak %.3g FLOP/s per device (%s)',
+                 flops_per_token, peak, peak_source)
+
+    eval_metrics: dict[str, float] = {}
+    pending = None          # (step, device metrics) of the step before the current one
+    window: dict[str, float] = {}
+    window_steps = 0
+    window_tokens = 0.0
+    bar = tqdm(total=num_steps, initial=start, disable=not self.is_main, desc='train',
+               dynamic_ncols=True, mininterval=1.0)
+    preempted = False
+    with _Preemption() as preemption:
+      for step in range(start, num_steps):
+        if preemption.requested:
+          preempted = True
+          break
+        batch = self._put_batch(next(iterator))
+        state, device_metrics = self.p_train(state, batch)
+        if pending is not None:
+          done_step, values = pending[0], self._scalar_metrics(pending[1])
+          for k, v in values.items():
+            window[k] = window.get(k, 0.0) + v
+          window_steps += 1
+          window_tokens += values['tokens']
+          if done_step % cfg.log_every == 0 or done_step == 1:
+            self._log_train(writer, done_step, window, window_steps, window_tokens, throughput,
+                            bar)
+            window, window_steps, window_tokens = {}, 0, 0.0
+        pending = (step + 1, device_metrics)
+        bar.update(1)
+
+        last = step + 1 == num_steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+          eval_metrics = self.evaluate(self._params_for_eval(self._to_host_state(state)))
+          writer.write(step + 1, eval_metrics)
+          bar.write(f'step {step + 1}: ' + ', '.join(f'{k} {v:.4g}'
+                                                      for k, v in eval_metrics.items()))
+          throughput.reset()
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+          self.save(state, iterator, eval_metrics if (step + 1) % cfg.eval_every == 0 or last
+                    else None)
+    if pending is not None and not preempted:
+      values = self._scalar_metrics(pending[1])
+      for k, v in values.items():
+        window[k] = window.get(k, 0.0) + v
+      self._log_train(writer, pending[0], window, window_steps + 1,
+                      window_tokens + values['tokens'], throughput, bar)
+    bar.close()
+    if preempted or num_steps > start:
+      host_step = int(jax.device_get(self._to_host_state(state).step))
+      if host_step not in self.checkpointer.all_steps():
+        self.save(state, iterator)
+    self.checkpointer.wait()
+    writer.flush()
+    writer.close()
+    if preempted:
+      logging.warning('SIGTERM: saved step %d and stopped', host_step)
+      print(f'preempted: checkpoint saved at step {host_step}', flush=True)
+    self.final_state = self._to_host_state(state)
+    return eval_metrics
+
+  def _lengths(self) -> tuple[int, int]:
+    data = self.config.data
+    source = data.get('max_source_len') or data.get('max_len', 64)
+    target = data.get('max_target_len') or data.get('max_len', 64)
+    return source, target
+
+  def _log_train(self, writer, step, window, steps, tokens, throughput, bar) -> None:
+    means = {f'train/{k}': v / steps for k, v in window.items()
+             if k not in ('tokens', 'sequences')}
+    rates = throughput.update(tokens)
+    scalars = {**means, **rates}
+    writer.write(step, scalars)
+    postfix = {'loss': f"{means.get('train/loss', float('nan')):.4f}"}
+    if 'train/tokens_per_sec' in rates:
+      postfix['tok/s'] = f"{rates['train/tokens_per_sec']:.0f}"
+    bar.set_postfix(postfix, refresh=False)
+
+
+def split_prefix(split: str) -> str:
+  return 'eval' if split in ('valid', 'validation') else split
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
+  trainer = Trainer(config, workdir)
+  return trainer.run()

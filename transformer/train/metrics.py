@@ -1,0 +1,146 @@
+"""Metric writers (metrics.jsonl and TensorBoard), BLEU, and throughput/MFU accounting."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer.config import ModelConfig
+
+
+class MetricWriter:
+  """Appends `{"step": s, "train/loss": ...}` lines to metrics.jsonl and TensorBoard events.
+
+  Only process 0 writes; other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+    except ImportError:  # TensorBoard events are a convenience, metrics.jsonl is the record
+      self._tb = None
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled or not scalars:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+  """sacreBLEU (13a tokenisation, the WMT default) on detokenized text."""
+  import sacrebleu
+  if len(hypotheses) != len(references):
+    raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references')
+  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+# --- throughput and model-FLOPs utilisation ------------------------------------------------
+
+def train_flops_per_token(cfg: ModelConfig, task: str, source_len: int, target_len: int
+                          ) -> float:
+  """Model FLOPs of one training token (forward + backward = 3x forward; PaLM appendix B).
+
+  Counts the matrix multiplies: 2 FLOPs per weight per token in each layer and the output
+  projection, plus the attention scores and weighted sums (2 * 2 * length * D per layer).
+  """
+  d, f = cfg.d_model, cfg.mlp_dim
+  n, k, h = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, cfg.resolved_head_dim
+  ff = (3 if cfg.activation == 'swiglu' else 2) * d * f
+  self_attn = d * h * (2 * n + 2 * k)
+  vocab = cfg.resolved_target_vocab_size
+  if task == 'translation':
+    enc_layer = 2 * (self_attn + ff) + 4 * source_len * n * h
+    dec_layer = 2 * (2 * self_attn + ff) + 4 * (target_len + source_len) * n * h
+    # Per target token; the encoder's work is spread over the target tokens of the pair.
+    forward = (cfg.num_layers * enc_layer * source_len / max(target_len, 1)
+               + cfg.resolved_num_decoder_layers * dec_layer + 2 * d * vocab)
+  else:
+    forward = cfg.num_layers * (2 * (self_attn + ff) + 4 * target_len * n * h) + 2 * d * vocab
+  return 3.0 * forward
+
+
+_PEAK_BF16_FLOPS = {  # dense bfloat16 peaks from the vendors' data sheets
+    'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12,
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+    'TPU v6 lite': 918e12,
+}
+
+
+def measured_matmul_flops(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """FLOP/s of a square matrix product on the default device: the ceiling on a CPU."""
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  out.block_until_ready()
+  return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:
+  """(peak FLOP/s per device, how it was obtained): a data-sheet figure for known
+  accelerators, else a matrix product measured now (CPUs)."""
+  device = device or jax.devices()[0]
+  kind = getattr(device, 'device_kind', '')
+  for name, flops in _PEAK_BF16_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops, f'{kind} bf16 data sheet'
+  return measured_matmul_flops(), f'{kind or device.platform} measured f32 matmul'
+
+
+class Throughput:
+  """Tokens/s and MFU between successive `update` calls."""
+
+  def __init__(self, flops_per_token: float, peak_flops_total: float):
+    self.flops_per_token = flops_per_token
+    self.peak = peak_flops_total
+    self._last = None
+
+  def update(self, tokens: float) -> dict[str, float]:
+    now = time.perf_counter()
+    out = {}
+    if self._last is not None and now > self._last:
+      rate = tokens / (now - self._last)
+      out = {'train/tokens_per_sec': rate,
+             'train/mfu': rate * self.flops_per_token / self.peak}
+    self._last = now
+    return out
+
+  def reset(self) -> None:
+    self._last = None
+
+
+def to_float(tree) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in tree.items()}
