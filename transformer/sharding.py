@@ -38,11 +38,14 @@ def make_mesh(shape: Mapping[str, int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over `devices` (default: all) with axes ('data', 'fsdp', 'tensor').
 
-  `shape` gives each axis's size; one axis may be -1 to take the remaining devices.
+  `shape` gives each axis's size; one axis may be -1 to take the remaining devices. With
+  no -1, the mesh takes the first devices it needs.
   Axes are Auto so that linen's sharding annotations apply (see STACK.md).
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = dict({'data': -1, 'fsdp': 1, 'tensor': 1}, **(shape or {}))
+  if -1 not in shape.values() and math.prod(shape.values()) < len(devices):
+    devices = devices[:math.prod(shape.values())]  # e.g. data=1: a one-device run
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
     raise ValueError(f'unknown mesh axes {sorted(unknown)}; use {MESH_AXES}')

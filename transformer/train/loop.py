@@ -162,9 +162,6 @@ class Trainer:
       return sharding.split_for_pmap(batch, self.pmap_mesh)
     return sharding.global_batch(batch, self.mesh)
 
-  def _params_for_eval(self, state):
-    return state.params
-
   def _scalar_metrics(self, metrics):
     if self.parallelism == 'pmap':
       metrics = sharding.unreplicate(metrics)
@@ -256,11 +253,12 @@ class Trainer:
 
         last = step + 1 == num_steps
         if (step + 1) % cfg.eval_every == 0 or last:
-          eval_metrics = self.evaluate(self._params_for_eval(self._to_host_state(state)))
+          eval_start = time.perf_counter()
+          eval_metrics = self.evaluate(state.params)  # replicated under pmap
           writer.write(step + 1, eval_metrics)
           bar.write(f'step {step + 1}: ' + ', '.join(f'{k} {v:.4g}'
                                                       for k, v in eval_metrics.items()))
-          throughput.reset()
+          throughput.exclude(time.perf_counter() - eval_start)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
           self.save(state, iterator, eval_metrics if (step + 1) % cfg.eval_every == 0 or last
                     else None)

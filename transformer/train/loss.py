@@ -29,8 +29,8 @@ def cross_entropy_sums(logits: Float[Array, "... V"], targets: Int[Array, "..."]
   if label_smoothing > 0.0:
     confidence = 1.0 - label_smoothing
     low = label_smoothing / vocab
-    smoothed = confidence * nll - low * jnp.sum(log_probs, axis=-1) + low * nll
-    # Equivalently -sum_v q_v log p_v with q = (1-e) onehot + e/V; subtract q's entropy.
+    # -sum_v q_v log p_v with q = (1 - e) onehot + e / V, minus the entropy of q.
+    smoothed = confidence * nll - low * jnp.sum(log_probs, axis=-1)
     entropy = -(confidence + low) * jnp.log(confidence + low) - (vocab - 1) * low * jnp.log(low)
     loss = smoothed - entropy
   else:

@@ -121,25 +121,30 @@ def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:
 
 
 class Throughput:
-  """Tokens/s and MFU between successive `update` calls."""
+  """Tokens/s and MFU between successive `update` calls, not counting `exclude`d time
+  (evaluation, checkpointing)."""
 
   def __init__(self, flops_per_token: float, peak_flops_total: float):
     self.flops_per_token = flops_per_token
     self.peak = peak_flops_total
     self._last = None
+    self._excluded = 0.0
 
   def update(self, tokens: float) -> dict[str, float]:
     now = time.perf_counter()
     out = {}
-    if self._last is not None and now > self._last:
-      rate = tokens / (now - self._last)
-      out = {'train/tokens_per_sec': rate,
-             'train/mfu': rate * self.flops_per_token / self.peak}
+    if self._last is not None:
+      seconds = now - self._last - self._excluded
+      if seconds > 0:
+        rate = tokens / seconds
+        out = {'train/tokens_per_sec': rate,
+               'train/mfu': rate * self.flops_per_token / self.peak}
     self._last = now
+    self._excluded = 0.0
     return out
 
-  def reset(self) -> None:
-    self._last = None
+  def exclude(self, seconds: float) -> None:
+    self._excluded += seconds
 
 
 def to_float(tree) -> dict[str, float]:

@@ -1,0 +1,23 @@
+"""English -> German on Multi30k (task 1, ~29k caption pairs), a local parallel corpus.
+
+A small post-LN Transformer with the paper's recipe (shared SentencePiece vocabulary,
+label smoothing 0.1, Adam 0.9/0.98, inverse-square-root schedule), sized for a CPU.
+Data: `../shared/data/multi30k/{train,valid,test}.{en,de}` (cite Elliott et al., 2016).
+"""
+
+from transformer.train.defaults import base_config
+
+
+def get_config():
+  c = base_config()
+  c.task = 'translation'
+  c.model.update(d_model=256, num_heads=4, mlp_dim=1024, num_layers=3, max_len=128,
+                 dropout_rate=0.1, attention_dropout_rate=0.1)
+  c.data.update(source='parallel', path='../shared/data/multi30k', src_lang='en',
+                tgt_lang='de', tokenizer='sentencepiece', vocab_size=8000,
+                spm_model_type='unigram', max_len=64, pack=True, overlong='truncate')
+  c.optim.update(schedule='paper', warmup_steps=1000, lr_scale=1.0)
+  c.train.update(batch_size=96, num_steps=12_000, label_smoothing=0.1, log_every=100,
+                 eval_every=2000, checkpoint_every=1000, max_to_keep=5, eval_bleu=True,
+                 bleu_examples=0)
+  return c

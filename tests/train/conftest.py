@@ -1,0 +1,65 @@
+"""Tiny training configs and a runner for subprocesses with simulated devices."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_config(name: str = 'default'):
+  spec = importlib.util.spec_from_file_location(name, REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_overrides() -> dict[str, object]:
+  """configs/default.py shrunk to compile and run in seconds."""
+  return {
+      'model.d_model': 32, 'model.num_heads': 2, 'model.mlp_dim': 64, 'model.num_layers': 1,
+      'model.max_len': 16,
+      'data.synthetic_min_len': 2, 'data.synthetic_max_len': 6, 'data.max_len': 8,
+      'data.synthetic_train_size': 4000, 'data.synthetic_eval_size': 64,
+      'train.batch_size': 16, 'train.log_every': 1, 'train.eval_every': 1000,
+      'train.checkpoint_every': 1000, 'train.num_examples_to_show': 0,
+      'optim.warmup_steps': 5, 'optim.decay_steps': 200, 'optim.learning_rate': 3e-3,
+  }
+
+
+def tiny_config(**changes):
+  config = load_config('default')
+  for key, value in {**tiny_overrides(), **changes}.items():
+    section, field = key.split('.')
+    setattr(config[section], field, value)
+  return config
+
+
+def flag_args(overrides: dict[str, object]) -> list[str]:
+  return [f'--config.{k}={v}' for k, v in overrides.items()]
+
+
+def run_python(code: str, devices: int = 1, timeout: float = 300) -> str:
+  """Runs `code` in a fresh interpreter with `devices` simulated CPU devices."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+  if result.returncode:
+    raise AssertionError(f'subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return result.stdout
+
+
+def last_json_line(stdout: str):
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def repo() -> pathlib.Path:
+  return REPO

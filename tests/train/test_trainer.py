@@ -1,0 +1,145 @@
+"""End to end: train.py, exact resume, parallelism strategies, device-count changes, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from transformer.train import metrics as metrics_lib
+from transformer.train.loop import Trainer
+
+from conftest import REPO, flag_args, last_json_line, run_python, tiny_config, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path):
+  workdir = tmp_path / 'run'
+  overrides = {**tiny_overrides(), 'train.num_steps': 120, 'train.eval_every': 40,
+               'train.checkpoint_every': 60}
+  result = subprocess.run(
+      [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'final eval' in result.stdout
+  records = metrics_lib.read_metrics(workdir)
+  evals = [r for r in records if 'eval/accuracy' in r]
+  assert [r['step'] for r in evals] == [40, 80, 120]
+  assert evals[-1]['eval/accuracy'] > evals[0]['eval/accuracy'] + 0.05
+  train = [r for r in records if 'train/loss' in r]
+  assert train[-1]['step'] == 120 and 'train/tokens_per_sec' in train[-1]
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [60, 120]
+  assert json.loads((workdir / 'config.json').read_text())['train']['num_steps'] == 120
+  assert any((workdir / 'tensorboard').iterdir())
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+  def run(workdir, steps):
+    trainer = Trainer(tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1}),
+                      workdir)
+    metrics = trainer.run()
+    return trainer.final_state, metrics
+
+  straight, straight_metrics = run(tmp_path / 'straight', 16)
+  run(tmp_path / 'resumed', 8)
+  resumed, resumed_metrics = run(tmp_path / 'resumed', 16)
+  assert int(resumed.step) == int(straight.step) == 16
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert straight_metrics == resumed_metrics
+  losses = lambda d: [r['train/loss'] for r in metrics_lib.read_metrics(d) if 'train/loss' in r]
+  assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+
+
+STRATEGIES = """
+import json, sys
+sys.path.insert(0, 'tests/train')
+from conftest import tiny_config
+from transformer.train import metrics as metrics_lib, train_and_evaluate
+out = {}
+for name, parallelism, data in [('one', 'jit', 1), ('jit8', 'jit', -1), ('pmap8', 'pmap', -1)]:
+  config = tiny_config(**{'train.num_steps': 5})
+  config.parallelism = parallelism
+  config.mesh.data = data
+  workdir = 'TMP/' + name
+  train_and_evaluate(config, workdir)
+  out[name] = [r['train/loss'] for r in metrics_lib.read_metrics(workdir) if 'train/loss' in r]
+print(json.dumps(out))
+"""
+
+
+def test_one_device_jit_and_pmap_over_8_devices_give_the_same_losses(tmp_path):
+  code = STRATEGIES.replace('TMP', str(tmp_path))
+  losses = last_json_line(run_python(code, devices=8))
+  one = np.asarray(losses['one'])
+  assert len(one) == 5
+  for name in ('jit8', 'pmap8'):
+    np.testing.assert_allclose(losses[name], one, rtol=1e-5, err_msg=name)
+
+
+CONTINUE = """
+import json, sys
+sys.path.insert(0, 'tests/train')
+from conftest import tiny_config
+from transformer.train import metrics as metrics_lib
+from transformer.train.loop import Trainer
+config = tiny_config(**{'train.num_steps': STEPS})
+config.mesh.data = DATA
+trainer = Trainer(config, 'WORKDIR')
+trainer.run()
+print(json.dumps({'devices': trainer.mesh.devices.size,
+                  'losses': [r['train/loss'] for r in metrics_lib.read_metrics('WORKDIR')
+                             if 'train/loss' in r]}))
+"""
+
+
+@pytest.mark.parametrize('first,second', [(8, 1), (1, 8)])
+def test_checkpoint_restores_onto_another_device_count(tmp_path, first, second):
+  def run(workdir, steps, devices):
+    code = (CONTINUE.replace('STEPS', str(steps)).replace('WORKDIR', str(workdir))
+            .replace('DATA', '-1' if devices > 1 else '1'))
+    return last_json_line(run_python(code, devices=devices))
+
+  reference = run(tmp_path / 'straight', 8, first)
+  half = run(tmp_path / 'switched', 4, first)
+  assert half['devices'] == first
+  switched = run(tmp_path / 'switched', 8, second)
+  assert switched['devices'] == second
+  assert len(switched['losses']) == 8
+  np.testing.assert_allclose(switched['losses'], reference['losses'], rtol=1e-4)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+  workdir = tmp_path / 'run'
+  overrides = {**tiny_overrides(), 'train.num_steps': 100_000}
+  process = subprocess.Popen(
+      [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics_file = workdir / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'preempted: checkpoint saved at step' in stdout
+  saved_step = int(stdout.split('checkpoint saved at step')[1].split()[0])
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == saved_step > 0
+
+  overrides['train.num_steps'] = saved_step + 5
+  result = subprocess.run(
+      [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == saved_step + 5
