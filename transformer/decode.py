@@ -1,0 +1,476 @@
+"""Decoding: samplers, the compiled generation loop, and beam search with a length penalty.
+
+Everything here is a pure function. The model's KV cache is a pytree passed in and returned
+(`logits, cache = model.apply(params, tokens, cache=cache)`), so a decoding loop is a
+`lax.while_loop` whose carry holds the cache; it compiles once for given static lengths.
+
+- Samplers act on logits [B, V]: `greedy`, `top_k_mask`, `top_p_mask` and
+  `sample_logits` (temperature, then top-k, then top-p; temperature 0 is greedy).
+- `sample_loop` and `beam_search` are generic: they drive any scoring function
+  `(last_tokens [B], state) -> (logits or log-probs [B, V], state)`, so they are testable
+  with hand-built scorers.
+- `generate` (and `greedy_uncached`, the cache-free reference) for `DecoderLM`;
+  `translate_greedy` and `translate_beam` for the encoder-decoder `Transformer`, whose
+  encoder runs once per call.
+
+Prompts of different lengths share a batch by LEFT padding (`left_pad`): every row's last
+column is then a real token, and the model's default positions count only real tokens, so
+a padded row decodes exactly as it would alone.
+
+Extra shape letter: `beam` (the beam width W) in `[B, beam, T]`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+# Large but finite, so that arithmetic on dead beams never makes inf - inf = NaN.
+NEG_INF = -1.0e7
+
+State = Any
+ScoreFn = Callable[[Int[Array, "B"], State], tuple[Float[Array, "B V"], State]]
+
+
+# ---------------------------------------------------------------------------------------
+# Samplers: pure functions on logits [..., V].
+# ---------------------------------------------------------------------------------------
+
+def greedy(logits: Float[Array, "B V"]) -> Int[Array, "B"]:
+  """The most likely token (the first one on ties)."""
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def top_k_mask(logits: Float[Array, "B V"], k: int) -> Float[Array, "B V"]:
+  """Keeps exactly the k largest logits (ties broken by index); the rest become -inf."""
+  if k < 1:
+    raise ValueError(f'top_k must be >= 1, got {k}')
+  k = min(k, logits.shape[-1])
+  _, indices = lax.top_k(logits, k)
+  keep = jnp.put_along_axis(jnp.zeros(logits.shape, jnp.bool_), indices, True, axis=-1,
+                            inplace=False)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def top_p_mask(logits: Float[Array, "B V"], p: float | Float[Array, ""]) -> Float[Array, "B V"]:
+  """Nucleus filtering: keeps the smallest set of most likely tokens whose probability
+  reaches p (Holtzman et al., 2019); the rest become -inf.
+
+  A token is kept when the probability of the tokens strictly more likely than it is
+  below p, so the most likely token is always kept and p >= 1 keeps everything.
+  """
+  order = jnp.argsort(-logits, axis=-1)  # descending, stable
+  sorted_probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+  mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+  keep_sorted = mass_before < p
+  keep_sorted = keep_sorted.at[..., 0].set(True)
+  keep = jnp.put_along_axis(jnp.zeros(logits.shape, jnp.bool_), order, keep_sorted, axis=-1,
+                            inplace=False)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def sample_logits(rng: PRNGKeyArray, logits: Float[Array, "B V"], *,
+                  temperature: float | Float[Array, ""] = 1.0, top_k: int | None = None,
+                  top_p: float | Float[Array, ""] | None = None) -> Int[Array, "B"]:
+  """Samples one token per row from softmax(logits / temperature), restricted to the top k
+  and then to the nucleus of mass top_p (both of the tempered distribution).
+
+  `temperature` may be traced; 0 means greedy (and small values approach it). `top_k` is
+  static (None: no restriction); `top_p` may be traced (None: no restriction).
+  """
+  temperature = jnp.asarray(temperature, jnp.float32)
+  scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  if top_k is not None:
+    scaled = top_k_mask(scaled, top_k)
+  if top_p is not None:
+    scaled = top_p_mask(scaled, top_p)
+  sampled = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled, greedy(logits))
+
+
+# ---------------------------------------------------------------------------------------
+# The generic sampling loop.
+# ---------------------------------------------------------------------------------------
+
+def sample_loop(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
+                num_steps: int, rng: PRNGKeyArray | None = None,
+                temperature: float | Float[Array, ""] = 0.0, top_k: int | None = None,
+                top_p: float | Float[Array, ""] | None = None, eos_id: int = EOS_ID,
+                pad_id: int = PAD_ID) -> Int[Array, "B T"]:
+  """Feeds `first_tokens`, then each sampled token, to `score_fn` for `num_steps` steps.
+
+  Step t computes `logits, state = score_fn(last_tokens, state)` and samples token t with
+  `fold_in(rng, t)`. A row that has emitted `eos_id` is finished: it is fed and emits
+  `pad_id` from then on. The loop (a `lax.while_loop`) exits early once every row is done.
+
+  Returns the T = num_steps sampled tokens [B, T] (eos included, pad after it).
+  """
+  if rng is None:
+    rng = jax.random.PRNGKey(0)  # unused by greedy decoding (temperature 0)
+  batch_size = first_tokens.shape[0]
+
+  def cond(carry):
+    step, _, finished, _, _ = carry
+    return (step < num_steps) & ~finished.all()
+
+  def body(carry):
+    step, last, finished, out, state = carry
+    logits, state = score_fn(last, state)
+    token = sample_logits(jax.random.fold_in(rng, step), logits, temperature=temperature,
+                          top_k=top_k, top_p=top_p)
+    token = jnp.where(finished, pad_id, token)
+    out = lax.dynamic_update_slice(out, token[:, None], (0, step))
+    return step + 1, token, finished | (token == eos_id), out, state
+
+  out = jnp.full((batch_size, num_steps), pad_id, jnp.int32)
+  carry = (jnp.zeros((), jnp.int32), first_tokens.astype(jnp.int32),
+           jnp.zeros((batch_size,), jnp.bool_), out, state)
+  return lax.while_loop(cond, body, carry)[3]
+
+
+# ---------------------------------------------------------------------------------------
+# Beam search (Wu et al., 2016, "GNMT"; the paper's section 6.1 uses beam 4, alpha 0.6).
+# ---------------------------------------------------------------------------------------
+
+def length_penalty(length: Int[Array, "..."] | int, alpha: float | Float[Array, ""]
+                   ) -> Float[Array, "..."]:
+  """GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha; a hypothesis scores log P(Y) / lp(Y)."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def expand_to_beams(tree: Any, beam_size: int) -> Any:
+  """Repeats every leaf with a batch axis [B, ...] to [B * beam, ...] (row b's beams are
+  rows b * beam ... b * beam + beam - 1); scalars (the cache index) are left alone."""
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else jnp.repeat(x, beam_size, axis=0),
+                      tree)
+
+
+def gather_beams(tree: Any, beam_indices: Int[Array, "B new_beam"], beam_size: int) -> Any:
+  """Selects beams from every leaf [B * beam, ...] -> [B * new_beam, ...]; scalars pass."""
+  batch_size = beam_indices.shape[0]
+  flat = (jnp.arange(batch_size)[:, None] * beam_size + beam_indices).reshape(-1)
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else x[flat], tree)
+
+
+def _take(x: Array, indices: Int[Array, "B k"]) -> Array:
+  """x [B, n, ...] -> x[b, indices[b, j], ...] as [B, k, ...]."""
+  return jax.vmap(lambda row, idx: row[idx])(x, indices)
+
+
+def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
+                beam_size: int, max_decode_len: int, alpha: float | Float[Array, ""] = 0.6,
+                eos_id: int = EOS_ID, pad_id: int = PAD_ID
+                ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+  """Beam search over any scoring function, with GNMT's length penalty.
+
+  Args:
+    score_fn: `(last_tokens [B * beam], state) -> (log_probs [B * beam, V], state)`. Every
+      state leaf with a leading axis is [B * beam, ...] and is gathered by beam index after
+      each step (so a KV cache follows its beam); scalar leaves pass through unchanged.
+    state: the initial state, already expanded to B * beam rows (`expand_to_beams`).
+    first_tokens: [B], fed at the first step (bos, or a prompt's last token).
+    beam_size: W, the number of hypotheses kept per row.
+    max_decode_len: T, the most tokens a hypothesis may have (eos included).
+    alpha: length-penalty exponent; 0 ranks by log-probability alone.
+
+  Each step ranks the extensions of the W alive beams and takes the 2W best. Those among
+  the W best that end in `eos_id` are finished: they move to the finished set (the W best
+  so far) with score log P(Y) / lp(|Y|), |Y| counting the tokens including eos, and are
+  never extended. The W best that do not end stay alive, so the beam never shrinks.
+  The loop stops at T tokens, or once no alive beam can still beat the worst of W finished
+  hypotheses (log P only falls as it grows, so log P / lp(T) bounds an alive beam).
+
+  Returns:
+    tokens [B, beam, T] (without `first_tokens`; `pad_id` after eos) and scores [B, beam],
+    best first. Rows with fewer than W finished hypotheses are filled with the best
+    unfinished ones, scored with their current length.
+  """
+  batch_size, width = first_tokens.shape[0], beam_size
+  positions = jnp.arange(max_decode_len)
+
+  def cond(carry):
+    step, _, alive_log_probs, _, finished_scores, finished_flags, _ = carry
+    best_alive = alive_log_probs[:, 0] / length_penalty(max_decode_len, alpha)  # [B]
+    worst_finished = jnp.where(finished_flags.all(axis=1),
+                               finished_scores.min(axis=1), NEG_INF)  # [B]
+    return (step < max_decode_len) & ~(worst_finished >= best_alive).all()
+
+  def body(carry):
+    (step, alive_seqs, alive_log_probs, finished_seqs, finished_scores, finished_flags,
+     state) = carry
+    last = alive_seqs[:, :, jnp.maximum(step - 1, 0)]  # [B, beam]
+    last = jnp.where(step == 0, first_tokens[:, None], last)
+    log_probs, state = score_fn(last.reshape(-1), state)  # [B * beam, V]
+    vocab_size = log_probs.shape[-1]
+    log_probs = log_probs.astype(jnp.float32).reshape(batch_size, width, vocab_size)
+    candidates = (alive_log_probs[:, :, None] + log_probs).reshape(batch_size, -1)
+
+    # The 2W best extensions: at most W of them end in eos, so W can stay alive.
+    top_log_probs, top_indices = lax.top_k(candidates, 2 * width)  # [B, 2beam]
+    top_beams = top_indices // vocab_size  # [B, 2beam]
+    top_tokens = top_indices % vocab_size  # [B, 2beam]
+    top_seqs = _take(alive_seqs, top_beams)  # [B, 2beam, T]
+    top_seqs = jnp.where(positions == step, top_tokens[:, :, None], top_seqs)
+    top_is_eos = top_tokens == eos_id  # [B, 2beam]
+
+    # Alive: the W best extensions that did not end; their state follows them.
+    alive_log_probs, keep = lax.top_k(jnp.where(top_is_eos, NEG_INF, top_log_probs),
+                                      width)  # [B, beam]
+    alive_seqs = _take(top_seqs, keep)  # [B, beam, T]
+    state = gather_beams(state, _take(top_beams, keep), width)
+
+    # Finished: the W best of the old finished and the extensions that just ended among
+    # the W best (as fairseq does; so beam size 1 with alpha 0 is exactly greedy).
+    ended = top_is_eos & (jnp.arange(2 * width) < width)  # [B, 2beam]
+    new_scores = jnp.where(ended, top_log_probs / length_penalty(step + 1, alpha),
+                           NEG_INF)  # [B, 2beam]
+    all_seqs = jnp.concatenate([finished_seqs, top_seqs], axis=1)  # [B, 3beam, T]
+    all_scores = jnp.concatenate([finished_scores, new_scores], axis=1)  # [B, 3beam]
+    all_flags = jnp.concatenate([finished_flags, ended], axis=1)  # [B, 3beam]
+    finished_scores, keep = lax.top_k(all_scores, width)  # [B, beam]
+    finished_seqs = _take(all_seqs, keep)  # [B, beam, T]
+    finished_flags = _take(all_flags, keep)  # [B, beam]
+    return (step + 1, alive_seqs, alive_log_probs, finished_seqs, finished_scores,
+            finished_flags, state)
+
+  seqs = jnp.full((batch_size, width, max_decode_len), pad_id, jnp.int32)  # [B, beam, T]
+  # Only beam 0 is live at first, so the W beams do not start as W copies of one.
+  alive_log_probs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (width - 1), jnp.float32),
+                             (batch_size, 1))  # [B, beam]
+  carry = (jnp.zeros((), jnp.int32), seqs, alive_log_probs, seqs,
+           jnp.full((batch_size, width), NEG_INF, jnp.float32),
+           jnp.zeros((batch_size, width), jnp.bool_), state)
+  (step, alive_seqs, alive_log_probs, finished_seqs, finished_scores, finished_flags,
+   _) = lax.while_loop(cond, body, carry)
+
+  # Unfinished hypotheses only fill the slots that no finished one took.
+  alive_scores = alive_log_probs / length_penalty(step, alpha)  # [B, beam]
+  finished_scores = jnp.where(finished_flags, finished_scores, 2 * NEG_INF)
+  scores, keep = lax.top_k(jnp.concatenate([finished_scores, alive_scores], axis=1),
+                           width)  # [B, beam]
+  tokens = _take(jnp.concatenate([finished_seqs, alive_seqs], axis=1), keep)
+  return tokens, scores
+
+
+# ---------------------------------------------------------------------------------------
+# Model entry points.
+# ---------------------------------------------------------------------------------------
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID,
+             length: int | None = None) -> np.ndarray:
+  """Token lists of different lengths -> one left-padded int32 array [B, P]."""
+  length = max(len(p) for p in prompts) if length is None else length
+  out = np.full((len(prompts), length), pad_id, np.int32)
+  for row, prompt in enumerate(prompts):
+    if len(prompt):
+      out[row, length - len(prompt):] = prompt[-length:]
+  return out
+
+
+def _check_length(model, length: int, what: str) -> None:
+  cfg = model.config
+  if cfg.position != 'rope' and length > cfg.max_len:
+    raise ValueError(f'{what} needs {length} positions but the model encodes only '
+                     f'max_len={cfg.max_len}')
+
+
+def _without_pad(logits: Float[Array, "B V"], pad_id: int, value: float = -jnp.inf
+                 ) -> Float[Array, "B V"]:
+  """Pad is never generated: it would be masked as a key, and it marks "after eos"."""
+  return logits.at[:, pad_id].set(value)
+
+
+def _for_sampling(score_fn: ScoreFn, pad_id: int) -> ScoreFn:
+  """Logits with pad forbidden."""
+  def score(tokens, state):
+    logits, state = score_fn(tokens, state)
+    return _without_pad(logits, pad_id), state
+  return score
+
+
+def _for_beam_search(score_fn: ScoreFn, pad_id: int) -> ScoreFn:
+  """The model's log-probabilities (normalised over the whole vocabulary, so that beam
+  scores are the model's log P(Y)), with pad forbidden."""
+  def score(tokens, state):
+    logits, state = score_fn(tokens, state)
+    return _without_pad(jax.nn.log_softmax(logits, axis=-1), pad_id, NEG_INF), state
+  return score
+
+
+def _lm_score_fn(model, params) -> ScoreFn:
+  def score(tokens, cache):
+    logits, cache = model.apply(params, tokens[:, None], cache=cache)
+    return logits[:, -1], cache
+  return score
+
+
+def _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size=1):
+  """A cache holding all but the last prompt token (one prefill call)."""
+  batch_size, prompt_length = prompt_tokens.shape
+  cache = model.init_cache(batch_size, max_length)
+  if prompt_length > 1:
+    _, cache = model.apply(params, prompt_tokens[:, :-1], cache=cache)
+  return expand_to_beams(cache, beam_size) if beam_size > 1 else cache
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k', 'eos_id'))
+def generate(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
+             rng: PRNGKeyArray | None = None, temperature: float | Float[Array, ""] = 1.0,
+             top_k: int | None = None, top_p: float | Float[Array, ""] | None = None,
+             eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
+  """Samples a continuation of each prompt from a `DecoderLM`, in one compiled loop.
+
+  Args:
+    prompt_tokens: [B, P], LEFT-padded with 0 (`left_pad`); every row needs at least one
+      real token.
+    max_new_tokens: how many tokens to produce (static).
+    rng: PRNG key; the same key gives the same samples. None means PRNGKey(0) (fine for
+      greedy decoding, where it is unused).
+    temperature, top_k, top_p: see `sample_logits`; temperature 0 is greedy.
+
+  The first P - 1 prompt tokens are prefilled in one model call; the prompt's last token is
+  the loop's first input, and each sampled token the next one. Rows stop after `eos_id`.
+  The pad id is never generated (its logit is set to -inf), here and in all model entry
+  points below.
+
+  Returns:
+    the new tokens [B, max_new_tokens] (eos included, pad 0 after it).
+  """
+  prompt_length = prompt_tokens.shape[1]
+  # Slots for every fed token: the prompt, then all new tokens but the last.
+  max_length = prompt_length + max_new_tokens - 1
+  _check_length(model, max_length, 'generate')
+  cache = _prefilled_lm_cache(model, params, prompt_tokens, max_length)
+  score = _for_sampling(_lm_score_fn(model, params), model.config.pad_id)
+  return sample_loop(score, cache, prompt_tokens[:, -1],
+                     num_steps=max_new_tokens, rng=rng, temperature=temperature,
+                     top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=model.config.pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'eos_id'))
+def greedy_uncached(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
+                    eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
+  """Greedy `generate` without a cache: the reference, and the benchmark's baseline.
+
+  Each step re-runs the full forward pass over a fixed [B, P + max_new_tokens] buffer
+  (prompt, tokens so far, then pads, which are masked and causally invisible) and reads the
+  logits of the last filled column. Same contract as `generate` with temperature 0.
+  """
+  batch_size, prompt_length = prompt_tokens.shape
+  pad_id = model.config.pad_id
+  _check_length(model, prompt_length + max_new_tokens, 'greedy_uncached')
+  buffer = jnp.concatenate(
+      [prompt_tokens.astype(jnp.int32),
+       jnp.full((batch_size, max_new_tokens), pad_id, jnp.int32)], axis=1)
+
+  def body(step, carry):
+    buffer, finished = carry
+    logits = model.apply(params, buffer)
+    column = prompt_length + step - 1
+    logits = lax.dynamic_index_in_dim(logits, column, axis=1, keepdims=False)
+    token = greedy(_without_pad(logits, pad_id))
+    token = jnp.where(finished, pad_id, token)
+    buffer = lax.dynamic_update_slice(buffer, token[:, None], (0, column + 1))
+    return buffer, finished | (token == eos_id)
+
+  buffer, _ = lax.fori_loop(0, max_new_tokens, body,
+                            (buffer, jnp.zeros((batch_size,), jnp.bool_)))
+  return buffer[:, prompt_length:]
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'beam_size', 'max_new_tokens', 'eos_id'))
+def generate_beam(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
+                  beam_size: int = 4, alpha: float | Float[Array, ""] = 0.6,
+                  eos_id: int = EOS_ID) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+  """Beam search continuations of left-padded prompts from a `DecoderLM`.
+
+  The prompt is prefilled once for B rows, then the cache is expanded to B * beam rows.
+  Returns (tokens [B, beam, max_new_tokens], scores [B, beam]) as `beam_search`.
+  """
+  max_length = prompt_tokens.shape[1] + max_new_tokens - 1
+  _check_length(model, max_length, 'generate_beam')
+  cache = _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size)
+  score = _for_beam_search(_lm_score_fn(model, params), model.config.pad_id)
+  return beam_search(score, cache, prompt_tokens[:, -1],
+                     beam_size=beam_size, max_decode_len=max_new_tokens, alpha=alpha,
+                     eos_id=eos_id, pad_id=model.config.pad_id)
+
+
+def _default_decode_len(model, src_tokens, max_decode_len):
+  """The paper's limit (input length + 50), within the model's positions."""
+  if max_decode_len is None:
+    max_decode_len = src_tokens.shape[1] + 50
+    if model.config.position != 'rope':
+      max_decode_len = min(max_decode_len, model.config.max_len)
+  _check_length(model, max_decode_len, 'decoding')
+  return max_decode_len
+
+
+def _translation_score_fn(model, params, encoded, src_tokens) -> ScoreFn:
+  def score(tokens, cache):
+    logits, cache = model.apply(params, encoded, src_tokens, tokens[:, None], cache=cache,
+                                method=model.decode)
+    return logits[:, -1], cache
+  return score
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
+                     max_decode_len: int | None = None, eos_id: int = EOS_ID,
+                     bos_id: int = BOS_ID) -> Int[Array, "B T"]:
+  """Greedy decoding with the encoder-decoder `Transformer`: encode once, then decode.
+
+  Args:
+    src_tokens: [B, S] source tokens, padded with 0 (either side).
+    max_decode_len: T, the most target tokens; default S + 50 (paper 6.1), capped at the
+      model's max_len.
+
+  Returns:
+    target tokens [B, T] without bos (eos included, pad 0 after it).
+  """
+  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
+  encoded = model.apply(params, src_tokens, method=model.encode)
+  cache = model.init_cache(src_tokens.shape[0], max_decode_len)
+  first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
+  score = _for_sampling(_translation_score_fn(model, params, encoded, src_tokens),
+                        model.config.pad_id)
+  return sample_loop(score, cache, first,
+                     num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
+                     pad_id=model.config.pad_id)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('model', 'beam_size', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: int = 4,
+                   alpha: float | Float[Array, ""] = 0.6, max_decode_len: int | None = None,
+                   eos_id: int = EOS_ID, bos_id: int = BOS_ID
+                   ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+  """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
+
+  The encoder runs once for B rows; its output, the source and the decoder cache are
+  expanded to B * beam rows, and the cache is gathered by beam index after every step.
+
+  Returns:
+    tokens [B, beam, T] without bos (pad 0 after eos) and scores [B, beam]
+    (log P / lp), best first; T = max_decode_len, default S + 50 capped at max_len.
+  """
+  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
+  batch_size = src_tokens.shape[0]
+  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
+  # The source side is identical across a row's beams, so it needs no gathering.
+  score = _for_beam_search(
+      _translation_score_fn(model, params, expand_to_beams(encoded, beam_size),
+                            expand_to_beams(src_tokens, beam_size)), model.config.pad_id)
+  cache = expand_to_beams(model.init_cache(batch_size, max_decode_len), beam_size)
+  first = jnp.full((batch_size,), bos_id, jnp.int32)
+  return beam_search(score, cache, first,
+                     beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
+                     eos_id=eos_id, pad_id=model.config.pad_id)
