@@ -210,3 +210,27 @@ def test_config_validation():
     tf.ModelConfig(num_heads=4, num_kv_heads=3)
   with pytest.raises(ValueError, match='activation'):
     tf.ModelConfig(activation='tanh')
+
+
+def test_cross_attention_cache_matches_the_full_forward_pass():
+  cfg = tf.tiny(vocab_size=40)
+  model = tf.Transformer(cfg)
+  src = jnp.pad(tokens(11, (2, 6)), ((0, 0), (0, 2)))   # padded source
+  tgt = tokens(12, (2, 5))
+  params = model.init(RNG, src, tgt)
+  full = model.apply(params, src, tgt)
+  encoded = model.apply(params, src, method=model.encode)
+  cache = model.init_cache(2, 5)
+  cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)
+  steps = []
+  for t in range(5):
+    logits, cache = model.apply(params, None, src, tgt[:, t:t + 1], cache=cache,
+                                method=model.decode)
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_sequences_longer_than_max_len_are_rejected():
+  model = tf.DecoderLM(tf.tiny(vocab_size=40, max_len=8))
+  with pytest.raises(ValueError, match='max_len=8'):
+    model.init(RNG, jnp.ones((1, 10), jnp.int32))

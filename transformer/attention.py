@@ -158,7 +158,9 @@ class MultiHeadAttention(nn.Module):
   Decoding: pass `cache={'key': [B, S_max, K, H], 'value': ...}` and `cache_index` (where
   the new tokens go); the new keys and values are written there and the updated cache is
   returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
-  The mask must then cover all S_max cache slots.
+  The mask must then cover all S_max cache slots. For cross-attention, the keys and values
+  of a fixed memory can be computed once with `project_key_value(memory)` and passed as
+  `key_value=` on every step.
   """
   num_heads: int
   head_dim: int
@@ -172,12 +174,29 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
 
-  def _projection(self, heads: int, name: str) -> nn.DenseGeneral:
+  def _projection(self, heads: int) -> nn.DenseGeneral:
     return nn.DenseGeneral(
         features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=name,
+        param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
+
+  def setup(self):
+    num_kv_heads = self.num_kv_heads or self.num_heads
+    self.query = self._projection(self.num_heads)
+    self.key = self._projection(num_kv_heads)
+    self.value = self._projection(num_kv_heads)
+
+  def project_key_value(self, inputs_kv: Float[Array, "B S D"],
+                        positions_kv: Int[Array, "B S"] | None = None
+                        ) -> dict[str, Float[Array, "B S K H"]]:
+    """Keys (rotated when `rope`) and values of `inputs_kv`."""
+    key = self.key(inputs_kv)
+    if self.rope:
+      if positions_kv is None:
+        raise ValueError('rope=True needs the key positions')
+      key = positional.apply_rope(key, positions_kv, self.rope_max_wavelength)
+    return {'key': key, 'value': self.value(inputs_kv)}
 
   @nn.compact
   def __call__(self,
@@ -187,22 +206,22 @@ class MultiHeadAttention(nn.Module):
                *,
                positions_q: Int[Array, "B T"] | None = None,
                positions_kv: Int[Array, "B S"] | None = None,
+               key_value: dict[str, Array] | None = None,
                cache: dict[str, Array] | None = None,
                cache_index: Int[Array, ""] | None = None,
                deterministic: bool = True):
-    num_kv_heads = self.num_kv_heads or self.num_heads
-    self_attention = inputs_kv is None
-    inputs_kv = inputs_q if self_attention else inputs_kv
-    query = self._projection(self.num_heads, 'query')(inputs_q)
-    key = self._projection(num_kv_heads, 'key')(inputs_kv)
-    value = self._projection(num_kv_heads, 'value')(inputs_kv)
-
+    self_attention = inputs_kv is None and key_value is None
+    query = self.query(inputs_q)
     if self.rope:
-      if positions_q is None or (positions_kv is None and not self_attention):
-        raise ValueError('rope=True needs positions_q (and positions_kv for cross-attention)')
-      positions_kv = positions_q if self_attention else positions_kv
+      if positions_q is None:
+        raise ValueError('rope=True needs positions_q')
       query = positional.apply_rope(query, positions_q, self.rope_max_wavelength)
-      key = positional.apply_rope(key, positions_kv, self.rope_max_wavelength)
+    if key_value is None:
+      if self_attention:
+        key_value = self.project_key_value(inputs_q, positions_q)
+      else:
+        key_value = self.project_key_value(inputs_kv, positions_kv)
+    key, value = key_value['key'], key_value['value']
 
     if cache is not None:
       if not self_attention:
@@ -231,4 +250,3 @@ class MultiHeadAttention(nn.Module):
     if cache is not None:
       return out, cache
     return out
-

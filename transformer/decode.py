@@ -414,12 +414,24 @@ def _default_decode_len(model, src_tokens, max_decode_len):
   return max_decode_len
 
 
-def _translation_score_fn(model, params, encoded, src_tokens) -> ScoreFn:
+def _translation_score_fn(model, params, src_tokens, cross) -> ScoreFn:
+  """Decoder steps reading the cross-attention keys/values computed once (`cross`).
+
+  `cross` stays out of the loop state: it is the same for every beam of a row, so it
+  needs no gathering when beams are reordered.
+  """
   def score(tokens, cache):
-    logits, cache = model.apply(params, encoded, src_tokens, tokens[:, None], cache=cache,
-                                method=model.decode)
+    logits, cache = model.apply(params, None, src_tokens, tokens[:, None],
+                                cache={**cache, 'cross': cross}, method=model.decode)
+    del cache['cross']
     return logits[:, -1], cache
   return score
+
+
+def _encode(model, params, src_tokens):
+  """Runs the encoder once; returns each decoder layer's cross-attention keys/values."""
+  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
+  return model.apply(params, encoded, method=model.precompute_cross_attention)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
@@ -437,10 +449,10 @@ def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
     target tokens [B, T] without bos (eos included, pad 0 after it).
   """
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  encoded = model.apply(params, src_tokens, method=model.encode)
+  cross = _encode(model, params, src_tokens)
   cache = model.init_cache(src_tokens.shape[0], max_decode_len)
   first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
-  score = _for_sampling(_translation_score_fn(model, params, encoded, src_tokens),
+  score = _for_sampling(_translation_score_fn(model, params, src_tokens, cross),
                         model.config.pad_id)
   return sample_loop(score, cache, first,
                      num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
@@ -464,11 +476,10 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
   """
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
   batch_size = src_tokens.shape[0]
-  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
-  # The source side is identical across a row's beams, so it needs no gathering.
+  cross = _encode(model, params, src_tokens)
   score = _for_beam_search(
-      _translation_score_fn(model, params, expand_to_beams(encoded, beam_size),
-                            expand_to_beams(src_tokens, beam_size)), model.config.pad_id)
+      _translation_score_fn(model, params, expand_to_beams(src_tokens, beam_size),
+                            expand_to_beams(cross, beam_size)), model.config.pad_id)
   cache = expand_to_beams(model.init_cache(batch_size, max_decode_len), beam_size)
   first = jnp.full((batch_size,), bos_id, jnp.int32)
   return beam_search(score, cache, first,

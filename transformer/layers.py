@@ -61,7 +61,7 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
                       name=name)
 
 
-def make_attention(config: ModelConfig, name: str, rope: bool) -> MultiHeadAttention:
+def make_attention(config: ModelConfig, rope: bool, name: str | None = None) -> MultiHeadAttention:
   return MultiHeadAttention(
       num_heads=config.num_heads, head_dim=config.resolved_head_dim,
       num_kv_heads=config.num_kv_heads, dropout_rate=config.attention_dropout_rate,
@@ -69,7 +69,7 @@ def make_attention(config: ModelConfig, name: str, rope: bool) -> MultiHeadAtten
       dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name)
 
 
-def make_feed_forward(config: ModelConfig, name: str = 'mlp') -> FeedForward:
+def make_feed_forward(config: ModelConfig, name: str | None = None) -> FeedForward:
   return FeedForward(mlp_dim=config.mlp_dim, activation=config.activation,
                      use_bias=config.use_bias, dtype=config.compute_dtype,
                      param_dtype=config.storage_dtype, name=name)
@@ -97,11 +97,11 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Float[Array, "B S D"], mask: Bool[Array, "B 1 S S"] | None,
                positions: Int[Array, "B S"], deterministic: bool) -> Float[Array, "B S D"]:
     cfg = self.config
-    attention = make_attention(cfg, 'self_attention', rope=cfg.position == 'rope')
+    attention = make_attention(cfg, rope=cfg.position == 'rope', name='self_attention')
     x, _ = _Residual(cfg, name='attention_block')(
         x, lambda h: attention(h, mask=mask, positions_q=positions, deterministic=deterministic),
         deterministic)
-    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg), deterministic)
+    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg, name='mlp'), deterministic)
     return x
 
 
@@ -109,34 +109,46 @@ class DecoderLayer(nn.Module):
   """Masked self-attention, then (encoder-decoder only) cross-attention, then feed-forward.
 
   With `cache` (this layer's {'key', 'value'}) and `cache_index`, the self-attention reads
-  and extends the cache and the layer returns `(x, cache)`.
+  and extends the cache and the layer returns `(x, cache)`. `cross_key_value` (from
+  `project_cross_key_value(encoded)`) saves re-projecting the encoder output every step.
   """
   config: ModelConfig
-  cross_attention: bool = True
+  with_cross_attention: bool = True
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.self_attention = make_attention(cfg, rope=cfg.position == 'rope')
+    self.self_attention_block = _Residual(cfg)
+    if self.with_cross_attention:
+      self.cross_attention = make_attention(cfg, rope=False)
+      self.cross_attention_block = _Residual(cfg)
+    self.mlp = make_feed_forward(cfg)
+    self.mlp_block = _Residual(cfg)
+
+  def project_cross_key_value(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
+    return self.cross_attention.project_key_value(encoded)
+
   def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
                positions: Int[Array, "B T"], deterministic: bool,
                encoded: Float[Array, "B S D"] | None = None,
                cross_mask: Bool[Array, "B 1 T S"] | None = None,
                cache: dict[str, Array] | None = None,
-               cache_index: Int[Array, ""] | None = None):
-    cfg = self.config
-    self_attention = make_attention(cfg, 'self_attention', rope=cfg.position == 'rope')
-
+               cache_index: Int[Array, ""] | None = None,
+               cross_key_value: dict[str, Array] | None = None):
     def attend_self(h):
-      return self_attention(h, mask=mask, positions_q=positions, cache=cache,
-                            cache_index=cache_index, deterministic=deterministic)
+      return self.self_attention(h, mask=mask, positions_q=positions, cache=cache,
+                                 cache_index=cache_index, deterministic=deterministic)
 
-    x, new_cache = _Residual(cfg, name='self_attention_block')(x, attend_self, deterministic)
-    if self.cross_attention:
-      if encoded is None:
+    x, new_cache = self.self_attention_block(x, attend_self, deterministic)
+    if self.with_cross_attention:
+      if encoded is None and cross_key_value is None:
         raise ValueError('this decoder layer has cross-attention: pass `encoded`')
-      cross = make_attention(cfg, 'cross_attention', rope=False)
-      x, _ = _Residual(cfg, name='cross_attention_block')(
-          x, lambda h: cross(h, encoded, mask=cross_mask, deterministic=deterministic),
+      x, _ = self.cross_attention_block(
+          x, lambda h: self.cross_attention(h, encoded, mask=cross_mask,
+                                            key_value=cross_key_value,
+                                            deterministic=deterministic),
           deterministic)
-    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg), deterministic)
+    x, _ = self.mlp_block(x, self.mlp, deterministic)
     if cache is not None:
       return x, new_cache
     return x

@@ -15,6 +15,8 @@ Packed rows pass `positions` and `segment_ids` explicitly.
 Decoding: `cache = model.init_cache(batch_size, max_length)`, then
 `logits, cache = model.apply(params, tokens, cache=cache, ...)` for a prompt (prefill,
 any length) and then one token at a time; training is the same code with `cache=None`.
+The encoder-decoder can also cache its cross-attention keys and values
+(`cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class _Embedder(nn.Module):
   def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"],
                deterministic: bool) -> Float[Array, "B T D"]:
     cfg = self.config
+    if cfg.position != 'rope' and positions.shape[-1] > cfg.max_len:
+      # Out-of-range table rows would be NaN, and NaN leaks through masked attention.
+      raise ValueError(f'{positions.shape[-1]} positions but the model encodes only '
+                       f'max_len={cfg.max_len}')
     x = self.embedding(tokens)
     if cfg.scale_embeddings:
       x = x * jnp.sqrt(cfg.d_model).astype(x.dtype)
@@ -136,7 +142,7 @@ class Decoder(nn.Module):
     cfg = self.config
     self.embedder = _Embedder(cfg, self.embedding)
     layer = _layer_class(DecoderLayer, cfg)
-    self.layers = [layer(cfg, self.cross_attention, name=f'layer_{i}')
+    self.layers = [layer(cfg, with_cross_attention=self.cross_attention, name=f'layer_{i}')
                    for i in range(self.num_layers)]
     if cfg.pre_norm:
       self.final_norm = make_norm(cfg, 'final_norm')
@@ -179,12 +185,13 @@ class Decoder(nn.Module):
 
     x = self.embedder(tokens, positions, deterministic)
     new_layer_caches = []
+    cross = None if cache is None else cache.get('cross')
     for i, layer in enumerate(self.layers):
       if cache is None:
         x = layer(x, mask, positions, deterministic, encoded, cross_mask)
       else:
         x, layer_cache = layer(x, mask, positions, deterministic, encoded, cross_mask,
-                               cache['layers'][i], index)
+                               cache['layers'][i], index, None if cross is None else cross[i])
         new_layer_caches.append(layer_cache)
     if cfg.pre_norm:
       x = self.final_norm(x)
@@ -195,9 +202,12 @@ class Decoder(nn.Module):
     logits = logits.astype(jnp.float32)
     if cache is None:
       return logits
-    new_cache = {'index': index + tokens.shape[1], 'valid': key_valid,
+    new_cache = {**cache, 'index': index + tokens.shape[1], 'valid': key_valid,
                  'layers': new_layer_caches}
     return logits, new_cache
+
+  def project_cross_key_values(self, encoded: Float[Array, "B S D"]) -> list[dict[str, Array]]:
+    return [layer.project_cross_key_value(encoded) for layer in self.layers]
 
 
 class Transformer(nn.Module):
@@ -230,6 +240,14 @@ class Transformer(nn.Module):
     """Logits [B, T, V] (and the new cache when `cache` is given)."""
     return self.decoder(decoder_inputs, decoder_positions, decoder_segment_ids, encoded,
                         inputs, inputs_segment_ids, cache, deterministic)
+
+  def precompute_cross_attention(self, encoded: Float[Array, "B S D"]) -> list[dict]:
+    """Each decoder layer's cross-attention keys and values of `encoded`.
+
+    Put them in the decoding cache as `cache['cross']` and `decode` uses them instead of
+    re-projecting the encoder output at every step (then `encoded` may be None).
+    """
+    return self.decoder.project_cross_key_values(encoded)
 
   def __call__(self, inputs: Int[Array, "B S"], decoder_inputs: Int[Array, "B T"], *,
                inputs_positions=None, inputs_segment_ids=None, decoder_positions=None,
