@@ -284,7 +284,12 @@ def _check_length(model, length: int, what: str) -> None:
 
 def _without_pad(logits: Float[Array, "B V"], pad_id: int, value: float = -jnp.inf
                  ) -> Float[Array, "B V"]:
-  """Pad is never generated: it would be masked as a key, and it marks "after eos"."""
+  """Pad is never generated: it would be masked as a key, and it marks "after eos".
+
+  A negative pad id means the model has none (character LMs use every id).
+  """
+  if pad_id < 0:
+    return logits
   return logits.at[:, pad_id].set(value)
 
 

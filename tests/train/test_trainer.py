@@ -14,7 +14,8 @@ import pytest
 from transformer.train import metrics as metrics_lib
 from transformer.train.loop import Trainer
 
-from conftest import REPO, flag_args, last_json_line, run_python, tiny_config, tiny_overrides
+from train_helpers import (REPO, flag_args, last_json_line, run_python, tiny_config,
+                           tiny_overrides)
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +61,8 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 STRATEGIES = """
 import json, sys
-sys.path.insert(0, 'tests/train')
-from conftest import tiny_config
+sys.path.insert(0, 'tests')
+from train_helpers import tiny_config
 from transformer.train import metrics as metrics_lib, train_and_evaluate
 out = {}
 for name, parallelism, data in [('one', 'jit', 1), ('jit8', 'jit', -1), ('pmap8', 'pmap', -1)]:
@@ -86,8 +87,8 @@ def test_one_device_jit_and_pmap_over_8_devices_give_the_same_losses(tmp_path):
 
 CONTINUE = """
 import json, sys
-sys.path.insert(0, 'tests/train')
-from conftest import tiny_config
+sys.path.insert(0, 'tests')
+from train_helpers import tiny_config
 from transformer.train import metrics as metrics_lib
 from transformer.train.loop import Trainer
 config = tiny_config(**{'train.num_steps': STEPS})

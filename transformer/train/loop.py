@@ -24,7 +24,7 @@ from flax import linen as nn
 from tqdm.auto import tqdm
 
 from transformer import data as data_lib
-from transformer import models, sharding
+from transformer import inference, models, sharding
 from transformer.config import ModelConfig
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
@@ -204,7 +204,42 @@ class Trainer:
            'perplexity': float(np.exp(min(summary['nll'], 50.0)))}
     if 'exact_match' in summary:
       out['exact_match'] = summary['exact_match']
+    if self.task == 'translation' and self.config.train.eval_bleu:
+      out['bleu'] = self.bleu(params, split)
     return {f'{split_prefix(split)}/{k}': v for k, v in out.items()}
+
+  def translate(self, params, sources, beam_size=None) -> list[str]:
+    decode_cfg = self.config.decode
+    return inference.translate_texts(
+        self.model, {'params': params}, self.datasets.tokenizer, sources,
+        beam_size=beam_size or decode_cfg.beam_size, alpha=decode_cfg.alpha,
+        max_extra_len=decode_cfg.max_extra_len)
+
+  def bleu(self, params, split: str = 'valid') -> float:
+    """sacreBLEU of beam-search translations of the split against its references."""
+    sources, references = self.datasets.eval_texts(split)
+    limit = self.config.train.bleu_examples or len(sources)
+    hypotheses = self.translate(params, sources[:limit])
+    return metrics_lib.corpus_bleu(hypotheses, references[:limit])
+
+  def show_examples(self, params) -> list[str]:
+    """A few greedy translations (or LM samples) of validation data, as printable lines."""
+    count = self.config.train.num_examples_to_show
+    if not count or not self.is_main:
+      return []
+    if self.task == 'translation':
+      sources, references = self.datasets.eval_texts('valid')
+      hypotheses = self.translate(params, sources[:count], beam_size=1)
+      return [f'source: {s}\n  reference: {r}\n  output:    {h}'
+              for s, r, h in zip(sources, references, hypotheses)]
+    if self.task == 'lm':
+      batch = next(iter(self.datasets.eval_batches('valid')))
+      prompt = self.datasets.tokenizer.decode(batch['inputs'][0, :16].tolist())
+      samples = inference.generate_text(self.model, {'params': params},
+                                        self.datasets.tokenizer, prompt, max_new_tokens=100,
+                                        temperature=0.8, top_k=40, num_samples=count)
+      return [f'prompt: {prompt!r}\n  sample: {s!r}' for s in samples]
+    return []
 
   # --- the loop -----------------------------------------------------------------------------
 
@@ -280,6 +315,9 @@ class Trainer:
       logging.warning('SIGTERM: saved step %d and stopped', host_step)
       print(f'preempted: checkpoint saved at step {host_step}', flush=True)
     self.final_state = self._to_host_state(state)
+    if not preempted:
+      for line in self.show_examples(self.final_state.params):
+        print(line, flush=True)
     return eval_metrics
 
   def _lengths(self) -> tuple[int, int]:

@@ -1,4 +1,7 @@
-"""Tiny training configs and a runner for subprocesses with simulated devices."""
+"""Tiny training configs and a runner for subprocesses with simulated devices.
+
+Imported by tests/train and tests/test_cli.py (tests/ is on sys.path via its conftest).
+"""
 
 import importlib.util
 import json
@@ -7,9 +10,8 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str = 'default'):
@@ -58,8 +60,3 @@ def run_python(code: str, devices: int = 1, timeout: float = 300) -> str:
 
 def last_json_line(stdout: str):
   return json.loads(stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def repo() -> pathlib.Path:
-  return REPO
