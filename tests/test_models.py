@@ -234,3 +234,18 @@ def test_sequences_longer_than_max_len_are_rejected():
   model = tf.DecoderLM(tf.tiny(vocab_size=40, max_len=8))
   with pytest.raises(ValueError, match='max_len=8'):
     model.init(RNG, jnp.ones((1, 10), jnp.int32))
+
+
+def test_attention_weights_are_recorded_on_request():
+  cfg = tf.tiny(vocab_size=40, num_layers=1)
+  model = tf.Transformer(cfg)
+  src, tgt = tokens(13, (2, 6)), tokens(14, (2, 5))
+  params = model.init(RNG, src, tgt)
+  logits, state = model.apply(params, src, tgt, mutable=['intermediates'])
+  np.testing.assert_allclose(logits, model.apply(params, src, tgt), rtol=1e-6)
+  layer = state['intermediates']['decoder']['layer_0']
+  (cross,) = layer['cross_attention']['attention_weights']
+  (self_weights,) = layer['self_attention']['attention_weights']
+  assert cross.shape == (2, 4, 5, 6) and self_weights.shape == (2, 4, 5, 5)
+  np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
+  assert float(jnp.triu(self_weights[0, 0], k=1).max()) == 0.0   # causal

@@ -160,7 +160,8 @@ class MultiHeadAttention(nn.Module):
   returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
   The mask must then cover all S_max cache slots. For cross-attention, the keys and values
   of a fixed memory can be computed once with `project_key_value(memory)` and passed as
-  `key_value=` on every step.
+  `key_value=` on every step. To look at the attention weights, apply with
+  `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
   """
   num_heads: int
   head_dim: int
@@ -239,9 +240,14 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
+    # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
+    record = self.is_mutable_collection('intermediates') and self.implementation is None
     out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
                                 dropout_rng=dropout_rng, deterministic=deterministic,
-                                implementation=self.implementation)
+                                implementation=self.implementation, return_weights=record)
+    if record:
+      out, weights = out
+      self.sow('intermediates', 'attention_weights', weights)
     out = nn.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
         dtype=self.dtype, param_dtype=self.param_dtype, name='out',

@@ -76,7 +76,22 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh, rules=DEFAULT_RULES) 
   structure of the unboxed state.
   """
   specs = nn.get_partition_spec(abstract_boxed_state)
-  return logical_to_mesh(specs, mesh, rules)
+  shardings = logical_to_mesh(specs, mesh, rules)
+  shapes = nn.meta.unbox(abstract_boxed_state)
+  return jax.tree.map(lambda s, x: fit_to_shape(s, np.shape(x)), shardings, shapes)
+
+
+def fit_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+  """Replicates the dimensions that their mesh axes do not divide (e.g. a vocabulary of
+  32001 over 2 tensor shards) instead of failing: correct, if less memory-efficient."""
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  for i, axes in enumerate(spec):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    if shape[i] % math.prod(sharding.mesh.shape[n] for n in names):
+      spec[i] = None
+  return NamedSharding(sharding.mesh, P(*spec))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

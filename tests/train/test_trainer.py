@@ -144,3 +144,25 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps[-1] == saved_step + 5
+
+
+UNEVEN = """
+import sys
+sys.path.insert(0, 'tests')
+from train_helpers import tiny_config
+from transformer.train.loop import Trainer
+config = tiny_config(**{'train.num_steps': 3, 'model.vocab_size': 15})
+config.mesh.update(data=2, fsdp=2, tensor=2)
+trainer = Trainer(config, 'WORKDIR')
+embedding = trainer.state_sharding.params['source_embedding']['embedding'].spec
+kernel = trainer.state_sharding.params['encoder']['layer_0']['mlp']['wi']['kernel'].spec
+trainer.run()
+print(repr(tuple(embedding)), repr(tuple(kernel)))
+"""
+
+
+def test_undividable_dimensions_fall_back_to_replication(tmp_path):
+  out = run_python(UNEVEN.replace('WORKDIR', str(tmp_path)), devices=8)
+  embedding, kernel = out.strip().splitlines()[-1].split(') (')
+  assert embedding.startswith('(None,') and "'fsdp'" in embedding   # 15 rows: not split
+  assert "'fsdp'" in kernel and "'tensor'" in kernel                # [32, 64]: split both ways
