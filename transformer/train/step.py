@@ -144,7 +144,7 @@ def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: str,
   """Sums (not means) of the eval metrics on one padded batch; `summarise` them at the end."""
   logits, targets, weights = forward(model, params, batch, task, deterministic=True)
   sums = loss_lib.cross_entropy_sums(logits, targets, weights)
-  if task in ('translation', 'lm') and targets.ndim == 2:
+  if task == 'translation':
     sums.update(loss_lib.sequence_exact_matches(logits, targets, weights))
   return _sum_over(axis_name, sums)
 

@@ -1,0 +1,131 @@
+"""Train-step throughput and MFU of the shipped configs, and the data pipeline beside it.
+
+For each config: the jitted, donated train step on batches of the config's shape (random
+tokens, every position real), timed after compilation, on 1 device and on the CPU split
+into 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, each in its own
+process); MFU is against a float32 2048x2048 matrix product measured in the same process.
+Then Multi30k's packed input pipeline on the same machine: it must be >= 10x faster than
+the step it feeds.
+
+    python benchmarks/train_throughput.py [--steps 30]
+"""
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ('default', 'shakespeare_char', 'multi30k_ende')
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def measure_step(name: str, steps: int) -> dict:
+  """Runs in a child process (the device count is fixed when jax starts)."""
+  import jax
+  import numpy as np
+  from flax import linen as nn
+  from transformer import sharding
+  from transformer.train import metrics, optimizer, step as step_lib
+  from transformer.train.loop import MODEL_CLASSES, init_fn, model_config
+
+  config = load_config(name)
+  vocab = {'default': 15, 'shakespeare_char': 65, 'multi30k_ende': 5000}[name]
+  cfg = model_config(config, vocab)
+  task = config.task
+  model = MODEL_CLASSES[task](cfg)
+  tx = optimizer.make_optimizer(config.optim, optimizer.make_schedule(config.optim, cfg.d_model,
+                                                                      config.train.num_steps))
+  init = init_fn(model, task, tx)
+  mesh = sharding.make_mesh({'data': -1})
+  state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
+      jax.random.PRNGKey(0))
+  rows, length = config.train.batch_size, config.data.max_len
+  rng = np.random.default_rng(0)
+  ids = lambda: rng.integers(5, vocab, (rows, length)).astype(np.int32)
+  batch = {'inputs': ids(), 'targets': ids(), 'weights': np.ones((rows, length), np.float32)}
+  if task == 'translation':
+    batch['decoder_inputs'] = ids()
+  batch = sharding.global_batch(batch, mesh)
+  train = jax.jit(functools.partial(step_lib.train_step, model=model, task=task,
+                                    dropout_key=jax.random.PRNGKey(1),
+                                    label_smoothing=config.train.label_smoothing),
+                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  state, out = train(state, batch)
+  jax.block_until_ready(out)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, out = train(state, batch)
+  jax.block_until_ready(out)
+  seconds = (time.perf_counter() - start) / steps
+  tokens = rows * length   # target tokens per step
+  flops = metrics.train_flops_per_token(cfg, task, length, length) * tokens
+  peak = metrics.measured_matmul_flops()
+  return {'config': name, 'devices': jax.device_count(), 'ms_per_step': 1e3 * seconds,
+          'tokens_per_sec': tokens / seconds, 'mfu': flops / seconds / peak,
+          'peak_gflops': peak / 1e9}
+
+
+def pipeline_tokens_per_sec(batches: int = 100) -> float | None:
+  """Target tokens/s of Multi30k's packed training batches (configs/multi30k_ende.py)."""
+  from transformer.data import get_datasets
+  config = load_config('multi30k_ende').data
+  config.path = str(REPO.parent / 'shared' / 'data' / 'multi30k')
+  if not pathlib.Path(config.path).is_dir():
+    return None
+  with tempfile.TemporaryDirectory() as workdir:
+    ds = get_datasets(config, task='translation', workdir=workdir,
+                      global_batch_size=load_config('multi30k_ende').train.batch_size, seed=0,
+                      process_index=0, process_count=1)
+    iterator = ds.train_iter()
+    next(iterator)
+    start, tokens = time.perf_counter(), 0.0
+    for _ in range(batches):
+      tokens += float(next(iterator)['weights'].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(measure_step(args.child, args.steps)))
+    return
+  rows = []
+  for name in CONFIGS:
+    for devices in (1, 2):
+      env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+      out = subprocess.run([sys.executable, __file__, '--child', name, '--steps',
+                            str(args.steps)], env=env, capture_output=True, text=True,
+                           check=True).stdout
+      rows.append(json.loads(out.strip().splitlines()[-1]))
+  print(f'{"config":<18} {"devices":>7} {"ms/step":>8} {"tokens/s":>10} {"MFU":>6} '
+        f'{"peak GFLOP/s":>12}')
+  for r in rows:
+    print(f'{r["config"]:<18} {r["devices"]:>7} {r["ms_per_step"]:>8.1f} '
+          f'{r["tokens_per_sec"]:>10,.0f} {r["mfu"]:>6.1%} {r["peak_gflops"]:>12.0f}')
+  pipeline = pipeline_tokens_per_sec()
+  if pipeline is not None:
+    step = max(r['tokens_per_sec'] for r in rows if r['config'] == 'multi30k_ende')
+    print(f'\nMulti30k packed pipeline: {pipeline:,.0f} target tokens/s = {pipeline / step:,.0f}x '
+          f'the fastest multi30k_ende train step above')
+
+
+if __name__ == '__main__':
+  main()
