@@ -49,7 +49,12 @@ def flag_args(overrides: dict[str, object]) -> list[str]:
 def run_python(code: str, devices: int = 1, timeout: float = 300) -> str:
   """Runs `code` in a fresh interpreter with `devices` simulated CPU devices."""
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # 8 simulated devices on 2 busy cores can take longer than XLA's 40 s to meet at a
+  # collective; a slow test is better than an aborted one.
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                      '--xla_cpu_collective_call_terminate_timeout_seconds=600 '
+                      '--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 '
+                      '--xla_cpu_collective_timeout_seconds=600')
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
