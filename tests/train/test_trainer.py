@@ -166,3 +166,49 @@ def test_undividable_dimensions_fall_back_to_replication(tmp_path):
   embedding, kernel = out.strip().splitlines()[-1].split(') (')
   assert embedding.startswith('(None,') and "'fsdp'" in embedding   # 15 rows: not split
   assert "'fsdp'" in kernel and "'tensor'" in kernel                # [32, 64]: split both ways
+
+
+MULTI_PROCESS = """
+import json, sys
+sys.path.insert(0, 'tests')
+from train_helpers import tiny_config
+from transformer.train import train_and_evaluate
+config = tiny_config(**{'train.num_steps': 12, 'train.eval_every': 6,
+                        'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,
+                        'train.eval_bleu': True, 'train.bleu_examples': 8})
+config.distributed.update(num_processes=2, process_id=PROCESS,
+                          coordinator_address='localhost:PORT')
+metrics = train_and_evaluate(config, 'WORKDIR')
+import jax
+print(json.dumps({'process': jax.process_index(), 'processes': jax.process_count(),
+                  'devices': jax.device_count(), 'metrics': metrics}))
+"""
+
+
+def test_two_processes_train_one_run_together(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=(
+      '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', MULTI_PROCESS.replace('PROCESS', str(i)).replace('PORT', str(port))
+       .replace('WORKDIR', str(tmp_path))], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr[-3000:]
+    outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    printed_examples = 'reference:' in stdout
+    assert printed_examples == (len(outs) == 1)   # process 0 prints decoded examples
+  assert [o['process'] for o in outs] == [0, 1]
+  assert all(o['processes'] == 2 and o['devices'] == 2 for o in outs)
+  assert outs[0]['metrics'] == outs[1]['metrics'] and 'eval/loss' in outs[0]['metrics']
+  records = metrics_lib.read_metrics(tmp_path)
+  assert [r['step'] for r in records if 'eval/loss' in r] == [6, 12]   # written once
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(losses) == 12 and losses[-1] < losses[0]
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [6, 12]

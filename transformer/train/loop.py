@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from transformer import data as data_lib
@@ -42,10 +43,16 @@ MODEL_CLASSES = {
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """`jax.distributed.initialize` when the config or the environment asks for processes."""
   dist = config.get('distributed')
+  wanted = ((dist is not None and (dist.get('num_processes', 1) > 1 or dist.get('auto')))
+            or os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  if not wanted or jax.distributed.is_initialized():
+    return
+  # CPU processes talk through gloo (GPUs and TPUs bring their own collectives).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if dist is not None and dist.get('num_processes', 1) > 1:
     jax.distributed.initialize(coordinator_address=dist.coordinator_address,
                                num_processes=dist.num_processes, process_id=dist.process_id)
-  elif os.environ.get('JAX_COORDINATOR_ADDRESS') or (dist is not None and dist.get('auto')):
+  else:
     jax.distributed.initialize()  # pods and SLURM clusters describe themselves
 
 
@@ -215,8 +222,19 @@ class Trainer:
         beam_size=beam_size or decode_cfg.beam_size, alpha=decode_cfg.alpha,
         max_extra_len=decode_cfg.max_extra_len)
 
+  def _host_params(self, params):
+    """The parameters as host arrays on every process (a collective: call it everywhere)."""
+    if jax.process_count() > 1:
+      return multihost_utils.process_allgather(params, tiled=True)
+    return params
+
   def bleu(self, params, split: str = 'valid') -> float:
-    """sacreBLEU of beam-search translations of the split against its references."""
+    """sacreBLEU of beam-search translations of the split against its references.
+
+    Every process decodes the whole split (on its own devices, from host parameters), so
+    all of them log and checkpoint the same metrics.
+    """
+    params = self._host_params(params)
     sources, references = self.datasets.eval_texts(split)
     limit = self.config.train.bleu_examples or len(sources)
     hypotheses = self.translate(params, sources[:limit])
@@ -225,7 +243,10 @@ class Trainer:
   def show_examples(self, params) -> list[str]:
     """A few greedy translations (or LM samples) of validation data, as printable lines."""
     count = self.config.train.num_examples_to_show
-    if not count or not self.is_main:
+    if not count or self.task not in ('translation', 'lm'):
+      return []
+    params = self._host_params(params)
+    if not self.is_main:
       return []
     if self.task == 'translation':
       sources, references = self.datasets.eval_texts('valid')
