@@ -70,3 +70,12 @@ def test_tfds_mock_glue_sst2_classification(tmp_path):
   assert np.all(b['inputs'][:, 0] == ds.tokenizer.bos_id)
   evals = list(ds.eval_batches('valid'))
   assert len(evals) == 3 and evals[-1]['weights'].tolist() == [1, 1, 0, 0]
+
+
+def test_catalog_names_resolve_without_tensorflow(tmp_path):
+  """wmt14, lm1b and glue builders are found by name (their families get registered)."""
+  from transformer.data.sources import catalog_builder
+  wmt = catalog_builder('wmt14_translate/de-en', tmp_path)
+  assert tuple(wmt.info.supervised_keys) == ('de', 'en')
+  assert catalog_builder('lm1b', tmp_path).name == 'lm1b'
+  assert catalog_builder('glue/sst2', tmp_path).builder_config.name == 'sst2'

@@ -291,6 +291,31 @@ def local_parallel_source(folder, *, src: str, tgt: str, data_dir) -> tuple[Call
   return load, key
 
 
+def catalog_builder(name: str, data_dir):
+  """`tfds.builder(name)`, registering TFDS's dataset families first if needed.
+
+  Without TensorFlow, `import tensorflow_datasets` registers no catalog dataset until its
+  family package (`tensorflow_datasets.translate`, `.text`, ...) is imported.
+  """
+  import importlib
+  import pkgutil
+
+  import tensorflow_datasets as tfds
+
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    pass
+  skip = {'core', 'testing', 'scripts', 'public_api', 'typing', 'proto', 'rlds', 'robotics'}
+  for family in pkgutil.iter_modules(tfds.__path__):
+    if family.ispkg and family.name not in skip:
+      try:
+        importlib.import_module(f'tensorflow_datasets.{family.name}')
+      except Exception:  # some families need TensorFlow or extra packages: not ours
+        continue
+  return tfds.builder(name, data_dir=data_dir)
+
+
 def tfds_source(
     name: str, *, task: str, data_dir, src_lang: str | None = None, tgt_lang: str | None = None,
     reverse_translation: bool = False, text_key: str | None = None, label_key: str = 'label',
@@ -302,9 +327,7 @@ def tfds_source(
   when ``reverse_translation``. Text: ``text_key`` (default: the first of 'text',
   'sentence', 'content' among the features). Classification: also ``label_key``.
   """
-  import tensorflow_datasets as tfds
-
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = catalog_builder(name, data_dir)
   sources = _prepare(builder)
   feature_names = list(builder.info.features.keys())
   if task == 'translation':
