@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from transformer.train import metrics as metrics_lib
+from transformer.train import train_and_evaluate
 from transformer.train.loop import Trainer
 
-from train_helpers import (REPO, flag_args, last_json_line, run_python, tiny_config,
-                           tiny_overrides)
+from train_helpers import (REPO, flag_args, last_json_line, load_config, run_python,
+                           tiny_config, tiny_overrides)
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +91,7 @@ import json, sys
 sys.path.insert(0, 'tests')
 from train_helpers import tiny_config
 from transformer.train import metrics as metrics_lib
+from transformer.train import train_and_evaluate
 from transformer.train.loop import Trainer
 config = tiny_config(**{'train.num_steps': STEPS})
 config.mesh.data = DATA
@@ -212,3 +214,20 @@ def test_two_processes_train_one_run_together(tmp_path):
   assert len(losses) == 12 and losses[-1] < losses[0]
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [6, 12]
+
+
+def test_encoder_mlm_config_trains_on_a_local_text_file(tmp_path):
+  text = tmp_path / 'text.txt'
+  text.write_text(''.join(f'the {w} sat on the mat number {i}\n'
+                          for i, w in enumerate(['cat', 'dog', 'bird'] * 100)))
+  config = load_config('encoder_mlm')
+  config.model.update(d_model=32, num_heads=2, mlp_dim=64, num_layers=1, max_len=64)
+  config.data.update(path=str(text), tokenizer='char', max_len=64)
+  config.optim.update(warmup_steps=5, learning_rate=3e-3)
+  config.train.update(num_steps=40, batch_size=8, eval_every=40, checkpoint_every=40,
+                      log_every=1, eval_batches=4)
+  metrics = train_and_evaluate(config, tmp_path / 'run')
+  records = metrics_lib.read_metrics(tmp_path / 'run')
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert losses[-1] < losses[0] - 0.5
+  assert 'eval/accuracy' in metrics and metrics['eval/loss'] < losses[0]

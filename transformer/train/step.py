@@ -114,6 +114,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
   sums = _sum_over(axis_name, sums)
   new_state = state.apply_gradients(grads=grads)
   metrics = summarise(sums)
+  if task == 'mlm':  # the model processes every real token, not only the masked ones
+    metrics['tokens'] = _sum_over(axis_name, jnp.sum(batch['inputs'] != 0).astype(jnp.float32))
   metrics['grad_norm'] = optax.global_norm(grads)
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)

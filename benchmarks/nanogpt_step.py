@@ -1,0 +1,160 @@
+"""Our train step against a PyTorch GPT of nanoGPT's shape, in one run on this machine.
+
+configs/shakespeare_char.py copies nanoGPT's CPU settings (4 layers, 4 heads, width 128,
+context 64, batch 12, AdamW, no bias, no dropout). This times one optimizer step of
+  - ours: the jitted, donated `train_step` on 1 XLA device and on the CPU split into 2;
+  - PyTorch eager: a GPT of the same shape (pre-LN blocks, fused QKV projection, GELU MLP,
+    learned positions, tied embeddings) with torch.optim.AdamW, written here for timing
+    (nanoGPT's own code is not vendored).
+Both see the same random character windows. Needs `pip install torch` (not a dependency
+of the package).
+
+    python benchmarks/nanogpt_step.py [--steps 100]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+B, T, VOCAB, D, LAYERS, HEADS = 12, 64, 65, 128, 4, 4
+
+
+def batches(steps: int):
+  rng = np.random.default_rng(0)
+  data = rng.integers(0, VOCAB, 100_000).astype(np.int64)
+  for _ in range(steps):
+    starts = rng.integers(0, len(data) - T - 1, B)
+    x = np.stack([data[s:s + T] for s in starts])
+    y = np.stack([data[s + 1:s + T + 1] for s in starts])
+    yield x, y
+
+
+def time_jax(steps: int) -> float:
+  import functools
+  import importlib.util
+
+  import jax
+  from flax import linen as nn
+
+  from transformer import sharding
+  from transformer.train import optimizer, step as step_lib
+  from transformer.train.loop import MODEL_CLASSES, init_fn, model_config
+
+  spec = importlib.util.spec_from_file_location('c', REPO / 'configs' / 'shakespeare_char.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  cfg = model_config(config, VOCAB)
+  model = MODEL_CLASSES['lm'](cfg)
+  tx = optimizer.make_optimizer(config.optim, optimizer.make_schedule(config.optim, D, 2000))
+  init = init_fn(model, 'lm', tx)
+  mesh = sharding.make_mesh({'data': -1})
+  state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
+      jax.random.PRNGKey(0))
+  train = jax.jit(functools.partial(step_lib.train_step, model=model, task='lm',
+                                    dropout_key=jax.random.PRNGKey(1)),
+                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  weights = np.ones((B, T), np.float32)
+  data = [sharding.global_batch({'inputs': x.astype(np.int32), 'targets': y.astype(np.int32),
+                                 'weights': weights}, mesh) for x, y in batches(steps + 1)]
+  state, metrics = train(state, data[0])
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for batch in data[1:]:
+    state, metrics = train(state, batch)
+    float(metrics['loss'])  # the loop reads each step's loss, as a training script does
+  return (time.perf_counter() - start) / steps
+
+
+def time_torch(steps: int) -> float:
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+
+  torch.manual_seed(0)
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.ln1, self.ln2 = nn.LayerNorm(D, bias=False), nn.LayerNorm(D, bias=False)
+      self.qkv, self.proj = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
+      self.up, self.down = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
+
+    def forward(self, x):
+      q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
+      heads = lambda t: t.view(B, T, HEADS, D // HEADS).transpose(1, 2)
+      y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+      x = x + self.proj(y.transpose(1, 2).reshape(B, T, D))
+      return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+  class GPT(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.tok, self.pos = nn.Embedding(VOCAB, D), nn.Embedding(T, D)
+      self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+      self.ln = nn.LayerNorm(D, bias=False)
+
+    def forward(self, idx, targets):
+      x = self.tok(idx) + self.pos(torch.arange(T))
+      for block in self.blocks:
+        x = block(x)
+      logits = self.ln(x) @ self.tok.weight.T
+      return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+
+  model = GPT()
+  decay = [p for p in model.parameters() if p.dim() >= 2]
+  no_decay = [p for p in model.parameters() if p.dim() < 2]
+  opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1},
+                           {'params': no_decay, 'weight_decay': 0.0}], lr=1e-3,
+                          betas=(0.9, 0.99))
+  data = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches(steps + 1)]
+
+  def step(x, y):
+    loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+  step(*data[0])
+  start = time.perf_counter()
+  for x, y in data[1:]:
+    step(x, y)
+  return (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=100)
+  parser.add_argument('--child', choices=['jax', 'torch'], default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    seconds = time_jax(args.steps) if args.child == 'jax' else time_torch(args.steps)
+    print(json.dumps({'ms': 1e3 * seconds}))
+    return
+  rows = []
+  for label, child, devices in [('ours, 1 XLA device', 'jax', 1),
+                                ('ours, 2 XLA devices', 'jax', 2),
+                                ('PyTorch eager (nanoGPT shape)', 'torch', 1)]:
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    out = subprocess.run([sys.executable, __file__, '--child', child, '--steps',
+                          str(args.steps)], env=env, capture_output=True, text=True, check=True)
+    rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])['ms']))
+  torch_ms = rows[-1][1]
+  print(f'{"train step, batch 12 x 64, 4 layers x 128":<42} {"ms/step":>8} {"vs PyTorch":>10}')
+  for label, ms in rows:
+    print(f'{label:<42} {ms:>8.1f} {torch_ms / ms:>9.2f}x')
+
+
+if __name__ == '__main__':
+  main()
