@@ -130,3 +130,7 @@ def test_generate_round_trip_and_errors(lm_workdir):
   assert too_long.returncode == 2 and 'max_len=16' in too_long.stderr
   wrong_model = cli('translate', '--workdir', str(lm_workdir), stdin='abc\n')
   assert wrong_model.returncode == 2 and 'DecoderLM' in wrong_model.stderr
+  evaluated = cli('evaluate', '--workdir', str(lm_workdir))
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  metrics = json.loads(evaluated.stdout[evaluated.stdout.index('{'):])
+  assert metrics['eval/perplexity'] < 65 and 'eval/bleu' not in metrics
