@@ -174,11 +174,12 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
+  dot_general: Any = None             # None: lax.dot_general; see transformer.matmul
 
   def _projection(self, heads: int) -> nn.DenseGeneral:
     return nn.DenseGeneral(
         features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
+        param_dtype=self.param_dtype, dot_general=self.dot_general,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
 
@@ -250,7 +251,7 @@ class MultiHeadAttention(nn.Module):
       self.sow('intermediates', 'attention_weights', weights)
     out = nn.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype, name='out',
+        dtype=self.dtype, param_dtype=self.param_dtype, name='out', dot_general=self.dot_general,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
     if cache is not None:

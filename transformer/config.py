@@ -39,6 +39,8 @@ class ModelConfig:
   param_dtype: str = 'float32'        # parameter storage dtype
   attention_impl: str | None = None   # None (einsum), 'xla' or 'cudnn' (jax.nn fused path)
   remat: bool = False                 # recompute each layer's activations in the backward pass
+  cpu_matmul: bool | None = None      # projections with transformer.matmul's CPU-friendly
+                                      # gradient; None: when the default backend is a CPU
 
   def __post_init__(self):
     if self.head_dim is None and self.d_model % self.num_heads:

@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
+from transformer.matmul import projection_dot_general
 
 
 class FeedForward(nn.Module):
@@ -28,10 +29,11 @@ class FeedForward(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
+  dot_general: Any = None             # None: lax.dot_general; see transformer.matmul
 
   def _dense(self, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
     return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=name,
+                    param_dtype=self.param_dtype, name=name, dot_general=self.dot_general,
                     kernel_init=nn.with_logical_partitioning(self.kernel_init, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
@@ -66,13 +68,15 @@ def make_attention(config: ModelConfig, rope: bool, name: str | None = None) -> 
       num_heads=config.num_heads, head_dim=config.resolved_head_dim,
       num_kv_heads=config.num_kv_heads, dropout_rate=config.attention_dropout_rate,
       use_bias=config.use_bias, rope=rope, implementation=config.attention_impl,
-      dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name)
+      dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
+      dot_general=projection_dot_general(config.cpu_matmul))
 
 
 def make_feed_forward(config: ModelConfig, name: str | None = None) -> FeedForward:
   return FeedForward(mlp_dim=config.mlp_dim, activation=config.activation,
                      use_bias=config.use_bias, dtype=config.compute_dtype,
-                     param_dtype=config.storage_dtype, name=name)
+                     param_dtype=config.storage_dtype, name=name,
+                     dot_general=projection_dot_general(config.cpu_matmul))
 
 
 class _Residual(nn.Module):

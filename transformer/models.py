@@ -32,6 +32,7 @@ from transformer import attention as attn
 from transformer import positional
 from transformer.config import ModelConfig
 from transformer.layers import DecoderLayer, EncoderLayer, make_norm
+from transformer.matmul import projection_dot_general
 
 Cache = dict[str, Any]
 
@@ -150,6 +151,7 @@ class Decoder(nn.Module):
       self.output_projection = nn.Dense(
           cfg.resolved_target_vocab_size, dtype=cfg.compute_dtype,
           param_dtype=cfg.storage_dtype, name='output_projection',
+          dot_general=projection_dot_general(cfg.cpu_matmul),
           kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                    ('embed', 'vocab')),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)))
@@ -295,6 +297,7 @@ class EncoderModel(nn.Module):
     self.encoder = Encoder(cfg, self.embedding)
     dense = lambda features, axes, name: nn.Dense(
         features, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name,
+        dot_general=projection_dot_general(cfg.cpu_matmul),
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
     self.mlm_transform = dense(cfg.d_model, ('embed', 'mlp'), 'mlm_transform')

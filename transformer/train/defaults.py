@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       param_dtype='float32',
       attention_impl=config_dict.placeholder(str),  # None | 'xla' | 'cudnn'
       remat=False,                # recompute layer activations in the backward pass
+      cpu_matmul=config_dict.placeholder(bool),  # None: on CPUs (transformer/matmul.py)
   ))
 
   c.data = default_data_config()  # fields documented in transformer/data/__init__.py
