@@ -201,6 +201,8 @@ class Trainer:
     for i, batch in enumerate(self.datasets.eval_batches(split)):
       if max_batches and i >= max_batches:
         break
+      # Fetched batch by batch: queueing many multi-device steps at once can stall XLA's
+      # CPU collectives (an all-reduce rendezvous timed out with 145 queued batches).
       sums = self._scalar_metrics(self.p_eval(params, self._put_batch(batch)))
       for k, v in sums.items():
         totals[k] = totals.get(k, 0.0) + v

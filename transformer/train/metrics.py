@@ -148,4 +148,5 @@ class Throughput:
 
 
 def to_float(tree) -> dict[str, float]:
-  return {k: float(np.asarray(v)) for k, v in tree.items()}
+  """Device scalars -> Python floats, in one transfer."""
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
