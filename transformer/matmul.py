@@ -4,11 +4,11 @@ The weight gradient of y = x W is dW = x^T dy: it contracts the token dimension,
 *leading* dimension of both x [M, K] and dy [M, N]. XLA's CPU backend lays one operand out
 transposed for that product and picks dy (the wide one: [B*T, F] in the feed-forward
 layer), copying it with a slow strided loop: in the 4-layer Tiny Shakespeare model those
-copies were a quarter of the train step. Here the backward pass transposes x itself (the
-narrow one) and keeps the copy from being folded back into the product, so every matmul
-sees row-major operands. On GPUs and TPUs the product takes transposed operands for free;
-`dot_general` below is meant for CPUs (`ModelConfig.cpu_matmul`), and the math is the same
-either way.
+copies were a quarter of the train step. Here the backward pass transposes the narrower
+of x and dy itself and keeps that copy from being folded back into the product, so every
+matmul sees row-major operands. GPU and TPU matmuls read transposed operands without such
+copies, so the models use `dot_general` below only on CPUs by default
+(`ModelConfig.cpu_matmul`); the math is the same either way.
 """
 
 from __future__ import annotations
