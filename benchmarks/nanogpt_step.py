@@ -15,14 +15,12 @@ of the package).
 import argparse
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 B, T, VOCAB, D, LAYERS, HEADS = 12, 64, 65, 128, 4, 4
 
 
@@ -37,32 +35,12 @@ def batches(steps: int):
 
 
 def time_jax(steps: int) -> float:
-  import functools
-  import importlib.util
-
   import jax
-  from flax import linen as nn
 
   from transformer import sharding
-  from transformer.train import optimizer, step as step_lib
-  from transformer.train.loop import MODEL_CLASSES, init_fn, model_config
+  from train_throughput import compiled_train_step, load_config  # benchmarks/ is sys.path[0]
 
-  spec = importlib.util.spec_from_file_location('c', REPO / 'configs' / 'shakespeare_char.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  cfg = model_config(config, VOCAB)
-  model = MODEL_CLASSES['lm'](cfg)
-  tx = optimizer.make_optimizer(config.optim, optimizer.make_schedule(config.optim, D, 2000))
-  init = init_fn(model, 'lm', tx)
-  mesh = sharding.make_mesh({'data': -1})
-  state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
-  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
-      jax.random.PRNGKey(0))
-  train = jax.jit(functools.partial(step_lib.train_step, model=model, task='lm',
-                                    dropout_key=jax.random.PRNGKey(1)),
-                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  _, mesh, state, train = compiled_train_step(load_config('shakespeare_char'), VOCAB)
   weights = np.ones((B, T), np.float32)
   data = [sharding.global_batch({'inputs': x.astype(np.int32), 'targets': y.astype(np.int32),
                                  'weights': weights}, mesh) for x, y in batches(steps + 1)]

@@ -32,27 +32,43 @@ def load_config(name):
   return module.get_config()
 
 
-def measure_step(name: str, steps: int) -> dict:
-  """Runs in a child process (the device count is fixed when jax starts)."""
+def compiled_train_step(config, vocab: int):
+  """(model config, mesh over all devices, initial state, the jitted and donated
+  `train_step` with the trainer's shardings) for `config`, on random-token batches."""
   import jax
-  import numpy as np
   from flax import linen as nn
   from transformer import sharding
-  from transformer.train import metrics, optimizer, step as step_lib
+  from transformer.train import optimizer, step as step_lib
   from transformer.train.loop import MODEL_CLASSES, init_fn, model_config
 
-  config = load_config(name)
-  vocab = {'default': 15, 'shakespeare_char': 65, 'multi30k_ende': 5000}[name]
   cfg = model_config(config, vocab)
-  task = config.task
-  model = MODEL_CLASSES[task](cfg)
+  model = MODEL_CLASSES[config.task](cfg)
   tx = optimizer.make_optimizer(config.optim, optimizer.make_schedule(config.optim, cfg.d_model,
                                                                       config.train.num_steps))
-  init = init_fn(model, task, tx)
+  init = init_fn(model, config.task, tx)
   mesh = sharding.make_mesh({'data': -1})
   state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
   state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
       jax.random.PRNGKey(0))
+  train = jax.jit(functools.partial(step_lib.train_step, model=model, task=config.task,
+                                    dropout_key=jax.random.PRNGKey(1),
+                                    label_smoothing=config.train.label_smoothing),
+                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  return cfg, mesh, state, train
+
+
+def measure_step(name: str, steps: int) -> dict:
+  """Runs in a child process (the device count is fixed when jax starts)."""
+  import jax
+  import numpy as np
+  from transformer import sharding
+  from transformer.train import metrics
+
+  config = load_config(name)
+  vocab = {'default': 15, 'shakespeare_char': 65, 'multi30k_ende': 5000}[name]
+  cfg, mesh, state, train = compiled_train_step(config, vocab)
+  task = config.task
   rows, length = config.train.batch_size, config.data.max_len
   rng = np.random.default_rng(0)
   ids = lambda: rng.integers(5, vocab, (rows, length)).astype(np.int32)
@@ -60,11 +76,6 @@ def measure_step(name: str, steps: int) -> dict:
   if task == 'translation':
     batch['decoder_inputs'] = ids()
   batch = sharding.global_batch(batch, mesh)
-  train = jax.jit(functools.partial(step_lib.train_step, model=model, task=task,
-                                    dropout_key=jax.random.PRNGKey(1),
-                                    label_smoothing=config.train.label_smoothing),
-                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   state, out = train(state, batch)
   jax.block_until_ready(out)
   start = time.perf_counter()

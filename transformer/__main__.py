@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   # Imports after parsing, so that --help is instant.
   from transformer import inference
-  from transformer.train import metrics as metrics_lib
   from transformer.train.run import load_run
 
   try:
@@ -85,15 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
       from transformer.train.loop import Trainer
       config = run.config
-      config.train.eval_bleu = False      # BLEU below, with this command's settings
+      config.decode.update(_decode_settings(run, args))   # what Trainer.bleu decodes with
+      config.train.bleu_examples = args.bleu_examples
+      config.train.eval_bleu = False      # BLEU below, keyed by the split's own name
       trainer = Trainer(config, args.workdir)
       results = trainer.evaluate(run.params['params'], args.split)
       if config.task == 'translation':
-        sources, references = trainer.datasets.eval_texts(args.split)
-        limit = args.bleu_examples or len(sources)
-        hypotheses = inference.translate_texts(run.model, run.params, run.tokenizer,
-                                               sources[:limit], **_decode_settings(run, args))
-        results[f'{args.split}/bleu'] = metrics_lib.corpus_bleu(hypotheses, references[:limit])
+        results[f'{args.split}/bleu'] = trainer.bleu(run.params['params'], args.split)
       results['checkpoint_steps'] = run.steps
       print(json.dumps(results, indent=2))
   except (FileNotFoundError, ValueError) as error:

@@ -255,17 +255,14 @@ class Trainer:
       hypotheses = self.translate(params, sources[:count], beam_size=1)
       return [f'source: {s}\n  reference: {r}\n  output:    {h}'
               for s, r, h in zip(sources, references, hypotheses)]
-    if self.task == 'lm':
-      batch = next(iter(self.datasets.eval_batches('valid')))
-      prompt = self.datasets.tokenizer.decode(batch['inputs'][0, :16].tolist())
-      # One context's worth: a single compiled generation loop.
-      new_tokens = max(self.model_config.max_len - 16, 1)
-      samples = inference.generate_text(self.model, {'params': params},
-                                        self.datasets.tokenizer, prompt,
-                                        max_new_tokens=new_tokens, temperature=0.8, top_k=40,
-                                        num_samples=count)
-      return [f'prompt: {prompt!r}\n  sample: {s!r}' for s in samples]
-    return []
+    batch = next(iter(self.datasets.eval_batches('valid')))
+    prompt = self.datasets.tokenizer.decode(batch['inputs'][0, :16].tolist())
+    # One context's worth: a single compiled generation loop.
+    new_tokens = max(self.model_config.max_len - 16, 1)
+    samples = inference.generate_text(self.model, {'params': params}, self.datasets.tokenizer,
+                                      prompt, max_new_tokens=new_tokens, temperature=0.8,
+                                      top_k=40, num_samples=count)
+    return [f'prompt: {prompt!r}\n  sample: {s!r}' for s in samples]
 
   # --- the loop -----------------------------------------------------------------------------
 

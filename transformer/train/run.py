@@ -61,11 +61,10 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
   the average of the newest `average_last` checkpoints."""
   workdir = pathlib.Path(workdir)
   checkpoint_dir = workdir / 'checkpoints'
-  if not checkpoint_dir.is_dir():
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: train first with '
-                            f'`python train.py --workdir {workdir}`')
-  checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, asynchronous=False)
-  available = checkpointer.all_steps()
+  # (Checked first because a Checkpointer would create the folder.)
+  checkpointer = (checkpoint_lib.Checkpointer(checkpoint_dir, asynchronous=False)
+                  if checkpoint_dir.is_dir() else None)
+  available = checkpointer.all_steps() if checkpointer else []
   if not available:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: train first with '
                             f'`python train.py --workdir {workdir}`')
