@@ -23,5 +23,6 @@ def get_config():
   c.optim.update(schedule='warmup_cosine', learning_rate=2e-3, warmup_steps=200,
                  end_learning_rate=1e-5, grad_clip_norm=1.0)
   c.train.update(batch_size=64, num_steps=600, log_every=50, eval_every=200,
-                 checkpoint_every=200, max_to_keep=2, num_examples_to_show=4)
+                 checkpoint_every=200, max_to_keep=2, num_examples_to_show=4,
+                 steps_per_call=10)   # small steps: one dispatch per 10 of them
   return c

@@ -29,7 +29,7 @@ def tiny_overrides() -> dict[str, object]:
       'data.synthetic_min_len': 2, 'data.synthetic_max_len': 6, 'data.max_len': 8,
       'data.synthetic_train_size': 4000, 'data.synthetic_eval_size': 64,
       'train.batch_size': 16, 'train.log_every': 1, 'train.eval_every': 1000,
-      'train.checkpoint_every': 1000, 'train.num_examples_to_show': 0,
+      'train.checkpoint_every': 1000, 'train.num_examples_to_show': 0, 'train.steps_per_call': 1,
       'optim.warmup_steps': 5, 'optim.decay_steps': 200, 'optim.learning_rate': 3e-3,
   }
 
@@ -46,13 +46,14 @@ def flag_args(overrides: dict[str, object]) -> list[str]:
   return [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
-def run_python(code: str, devices: int = 1, timeout: float = 300) -> str:
-  """Runs `code` in a fresh interpreter with `devices` simulated CPU devices."""
+def run_python(code: str, devices: int | None = 1, timeout: float = 300) -> str:
+  """Runs `code` in a fresh interpreter with `devices` simulated CPU devices (None: what
+  the code asks for)."""
   env = dict(os.environ)
   # 8 simulated devices on 2 busy cores can take longer than XLA's 40 s to meet at a
   # collective; a slow test is better than an aborted one.
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
-                      '--xla_cpu_collective_call_terminate_timeout_seconds=600 '
+  count = '' if devices is None else f'--xla_force_host_platform_device_count={devices} '
+  env['XLA_FLAGS'] = (count + '--xla_cpu_collective_call_terminate_timeout_seconds=600 '
                       '--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 '
                       '--xla_cpu_collective_timeout_seconds=600')
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')

@@ -94,20 +94,24 @@ def fit_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding
   return NamedSharding(sharding.mesh, P(*spec))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Rows over data x fsdp, everything else replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Rows over data x fsdp, everything else replicated (rows are axis 1 when `stacked`)."""
+  return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's rows into global arrays sharded over the batch axes."""
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False
+                 ) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded over the batch axes.
+
+  `stacked`: the arrays are [steps, rows, ...], several steps' batches for one call.
+  """
   arrays = {k: np.asarray(v) for k, v in local_batch.items()}
   # One call for the whole dict: a single batched transfer per step.
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), arrays)
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, stacked), arrays)
 
 
 def batch_divisor(mesh: Mesh) -> int:
@@ -139,16 +143,25 @@ def replicate_for_pmap(tree: Any, mesh: Mesh) -> Any:
       tree)
 
 
-def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """[B, ...] host arrays -> [devices, B / devices, ...] arrays, one slice per device."""
+def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False
+                   ) -> dict[str, jax.Array]:
+  """[B, ...] host arrays -> [devices, B / devices, ...] arrays, one slice per device.
+
+  `stacked`: [steps, B, ...] -> [devices, steps, B / devices, ...].
+  """
   n = mesh.devices.size
   sharding = NamedSharding(mesh, P(PMAP_AXIS))
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)
-    if v.shape[0] % n:
-      raise ValueError(f'batch of {v.shape[0]} rows does not split over {n} devices')
-    out[k] = jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]), sharding)
+    rows = v.shape[int(stacked)]
+    if rows % n:
+      raise ValueError(f'batch of {rows} rows does not split over {n} devices')
+    if stacked:
+      v = v.reshape((v.shape[0], n, rows // n) + v.shape[2:]).swapaxes(0, 1)
+    else:
+      v = v.reshape((n, rows // n) + v.shape[1:])
+    out[k] = jax.device_put(v, sharding)
   return out
 
 

@@ -132,6 +132,15 @@ def test_eval_batches_cover_every_example_in_order(tmp_path):
   # Fresh and identical each call.
   again = list(ds.eval_batches('valid'))
   np.testing.assert_array_equal(np.concatenate([b['inputs'] for b in again]), inputs)
+  # Another evaluation batch size: the same rows, in the same order.
+  big = get_datasets(synthetic_config(), task='translation', workdir=tmp_path,
+                     global_batch_size=8, eval_batch_size=16, seed=0, process_index=0,
+                     process_count=1)
+  big_batches = list(big.eval_batches('valid'))
+  assert [b['inputs'].shape for b in big_batches] == [(16, 24)] * 3
+  np.testing.assert_array_equal(np.concatenate([b['inputs'] for b in big_batches])[:37],
+                                inputs[:37])
+  assert next(big.train_iter())['inputs'].shape[0] == 8
 
 
 def test_same_seed_same_batches_other_seed_others(tmp_path):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path):
   workdir = tmp_path / 'run'
   overrides = {**tiny_overrides(), 'train.num_steps': 120, 'train.eval_every': 40,
-               'train.checkpoint_every': 60}
+               'train.checkpoint_every': 60, 'train.steps_per_call': 8}
   result = subprocess.run(
       [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
       cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -42,10 +42,11 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   assert any((workdir / 'tensorboard').iterdir())
 
 
-def test_resume_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize('steps_per_call', [1, 4])
+def test_resume_is_bitwise_exact(tmp_path, steps_per_call):
   def run(workdir, steps):
-    trainer = Trainer(tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1}),
-                      workdir)
+    trainer = Trainer(tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1,
+                                     'train.steps_per_call': steps_per_call}), workdir)
     metrics = trainer.run()
     return trainer.final_state, metrics
 
@@ -66,8 +67,10 @@ sys.path.insert(0, 'tests')
 from train_helpers import tiny_config
 from transformer.train import metrics as metrics_lib, train_and_evaluate
 out = {}
-for name, parallelism, data in [('one', 'jit', 1), ('jit8', 'jit', -1), ('pmap8', 'pmap', -1)]:
-  config = tiny_config(**{'train.num_steps': 5})
+for name, parallelism, data, steps_per_call in [
+    ('one', 'jit', 1, 1), ('jit8', 'jit', -1, 1), ('pmap8', 'pmap', -1, 1),
+    ('jit8_scan2', 'jit', -1, 2), ('pmap8_scan2', 'pmap', -1, 2)]:
+  config = tiny_config(**{'train.num_steps': 5, 'train.steps_per_call': steps_per_call})
   config.parallelism = parallelism
   config.mesh.data = data
   workdir = 'TMP/' + name
@@ -78,12 +81,54 @@ print(json.dumps(out))
 
 
 def test_one_device_jit_and_pmap_over_8_devices_give_the_same_losses(tmp_path):
+  """... also with several steps per call (5 steps in calls of 2, 2 and 1)."""
   code = STRATEGIES.replace('TMP', str(tmp_path))
   losses = last_json_line(run_python(code, devices=8))
   one = np.asarray(losses['one'])
   assert len(one) == 5
-  for name in ('jit8', 'pmap8'):
+  for name in ('jit8', 'pmap8', 'jit8_scan2', 'pmap8_scan2'):
     np.testing.assert_allclose(losses[name], one, rtol=1e-5, err_msg=name)
+
+
+def test_steps_per_call_trains_the_same_and_stops_at_every_eval_and_checkpoint(tmp_path):
+  def run(workdir, steps_per_call):
+    config = tiny_config(**{'train.num_steps': 11, 'train.eval_every': 4,
+                            'train.checkpoint_every': 6, 'train.steps_per_call': steps_per_call})
+    metrics = train_and_evaluate(config, workdir)
+    records = metrics_lib.read_metrics(workdir)
+    steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+    return metrics, records, steps
+
+  metrics, records, steps = run(tmp_path / 'one', 1)
+  scan_metrics, scan_records, scan_steps = run(tmp_path / 'five', 5)   # calls of 4, 2, 2, 3
+  assert [r['step'] for r in scan_records if 'eval/loss' in r] == [4, 8, 11]
+  assert scan_steps == steps == [6, 11]
+  losses = lambda rs: [(r['step'], r['train/loss']) for r in rs if 'train/loss' in r]
+  assert [s for s, _ in losses(scan_records)] == [s for s, _ in losses(records)]
+  assert [s for s, _ in losses(records)] == list(range(1, 12))
+  np.testing.assert_allclose([l for _, l in losses(scan_records)],
+                             [l for _, l in losses(records)], rtol=1e-5)
+  for k, v in metrics.items():
+    np.testing.assert_allclose(scan_metrics[k], v, rtol=1e-5, err_msg=k)
+
+
+SPLIT_CPU = """
+import json, sys
+sys.path.insert(0, 'tests')
+from train_helpers import tiny_config
+from transformer.train.loop import Trainer
+config = tiny_config(**{'train.num_steps': 2})
+config.cpu_devices = 2
+trainer = Trainer(config, 'WORKDIR')
+trainer.run()
+print(json.dumps({'devices': int(trainer.mesh.devices.size)}))
+"""
+
+
+@pytest.mark.parametrize('forced,expected', [(None, 2), (4, 4)])
+def test_cpu_devices_splits_the_cpu_unless_xla_flags_say_otherwise(tmp_path, forced, expected):
+  out = last_json_line(run_python(SPLIT_CPU.replace('WORKDIR', str(tmp_path)), devices=forced))
+  assert out['devices'] == expected
 
 
 CONTINUE = """

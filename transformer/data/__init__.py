@@ -342,6 +342,7 @@ def get_datasets(
     workdir,
     global_batch_size: int,
     seed: int,
+    eval_batch_size: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Datasets:
@@ -355,6 +356,8 @@ def get_datasets(
     global_batch_size: rows per global batch; each process gets
       ``global_batch_size // process_count`` of them.
     seed: seeds the shuffle, the MLM masks and the synthetic data.
+    eval_batch_size: rows per global evaluation batch (default: ``global_batch_size``);
+      evaluation has no gradients, so it can take bigger batches than training.
     process_index, process_count: this process's shard (default: from jax).
   """
   if task not in TASKS:
@@ -363,9 +366,11 @@ def get_datasets(
     import jax
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size {global_batch_size} is not divisible by '
-                     f'process_count {process_count}.')
+  eval_batch_size = eval_batch_size or global_batch_size
+  for name, size in (('global_batch_size', global_batch_size),
+                     ('eval_batch_size', eval_batch_size)):
+    if size % process_count:
+      raise ValueError(f'{name} {size} is not divisible by process_count {process_count}.')
   overlong = _get(config := data_config, 'overlong')
   if overlong not in ('drop', 'truncate'):
     raise ValueError(f"data.overlong must be 'drop' or 'truncate', got {overlong!r}")
@@ -433,7 +438,7 @@ def get_datasets(
     def eval_fn(split):
       if split not in memo.setdefault('eval', {}):
         memo['eval'][split] = window_eval_arrays(streams[split], max_len)
-      return EvalBatches(memo['eval'][split], global_batch_size=global_batch_size,
+      return EvalBatches(memo['eval'][split], global_batch_size=eval_batch_size,
                          process_index=process_index, process_count=process_count)
     info = {'train_tokens': len(streams['train'])}
   else:
@@ -453,7 +458,7 @@ def get_datasets(
         examples, _ = build_examples(task, tokens[split], max_lengths=max_lengths, truncate=True)
         memo['eval'][split] = eval_arrays(task, examples, max_lengths=max_lengths, seed=seed,
                                           mask_kwargs=mask_kwargs)
-      return EvalBatches(memo['eval'][split], global_batch_size=global_batch_size,
+      return EvalBatches(memo['eval'][split], global_batch_size=eval_batch_size,
                          process_index=process_index, process_count=process_count)
     info = {'train_examples': len(train_examples),
             'train_dropped': len(next(iter(tokens['train'].values()))) - len(train_examples)}

@@ -15,6 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = 'translation'          # 'translation' | 'lm' | 'mlm' | 'classification'
   c.seed = 0                      # parameters, dropout and data order
   c.parallelism = 'jit'           # 'jit' over the mesh, or 'pmap' (plain data parallel)
+  c.cpu_devices = 0               # hosts without accelerators: split the CPU into this many
+                                  # XLA devices (data parallel); 0 = JAX's default (one)
 
   # The fields of transformer.ModelConfig (see transformer/config.py); vocab_size 0 = the
   # tokenizer's.
@@ -66,10 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=64,              # global rows per step (packed rows when data.pack)
       num_steps=10_000,
       grad_accum_steps=1,         # micro-batches per step (batch_size must divide)
+      steps_per_call=1,           # > 1: that many steps in one compiled loop (small models)
       label_smoothing=0.0,        # paper: 0.1
       log_every=100,
       eval_every=1000,
       eval_batches=0,             # 0 = the whole validation split
+      eval_batch_size=0,          # rows per evaluation batch; 0 = batch_size
       checkpoint_every=1000,
       max_to_keep=3,              # newest checkpoints kept
       best_metric='eval/loss',    # also keep the best checkpoint by this ('' for none)
