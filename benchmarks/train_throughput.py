@@ -32,9 +32,10 @@ def load_config(name):
   return module.get_config()
 
 
-def compiled_train_step(config, vocab: int):
-  """(model config, mesh over all devices, initial state, the jitted and donated
-  `train_step` with the trainer's shardings) for `config`, on random-token batches."""
+def compiled_train_step(config, vocab: int, steps_per_call: int = 1):
+  """(model config, mesh over all devices, initial state, the trainer's jitted and donated
+  train step) for `config`, on random-token batches; with `steps_per_call > 1` the step
+  takes that many batches stacked (train.steps_per_call)."""
   import jax
   from flax import linen as nn
   from transformer import sharding
@@ -50,11 +51,13 @@ def compiled_train_step(config, vocab: int):
   state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
   state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
       jax.random.PRNGKey(0))
-  train = jax.jit(functools.partial(step_lib.train_step, model=model, task=config.task,
-                                    dropout_key=jax.random.PRNGKey(1),
-                                    label_smoothing=config.train.label_smoothing),
-                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  train_fn = functools.partial(step_lib.train_step, model=model, task=config.task,
+                               dropout_key=jax.random.PRNGKey(1),
+                               label_smoothing=config.train.label_smoothing)
+  eval_fn = functools.partial(step_lib.eval_step, model=model, task=config.task)
+  train, _ = step_lib.jit_steps(train_fn, eval_fn, state_sharding, state_sharding.params,
+                                sharding.batch_sharding(mesh), sharding.replicated(mesh),
+                                steps_per_call)
   return cfg, mesh, state, train
 
 

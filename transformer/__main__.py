@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
       config.decode.update(_decode_settings(run, args))   # what Trainer.bleu decodes with
       config.train.bleu_examples = args.bleu_examples
       config.train.eval_bleu = False      # BLEU below, keyed by the split's own name
+      config.parallelism = 'jit'          # one logical copy of the parameters, not pmap's
       trainer = Trainer(config, args.workdir)
       results = trainer.evaluate(run.params['params'], args.split)
       if config.task == 'translation':

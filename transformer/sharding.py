@@ -166,5 +166,12 @@ def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = 
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of a pmap-replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first local device's copy of a pmap-replicated pytree, as host arrays.
+
+  Read from the device buffer directly: `x[0]` would compile a gather for every shape.
+  """
+  def first(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+    return np.asarray(x)[0]
+  return jax.tree.map(first, tree)

@@ -7,6 +7,7 @@ been dispatched, so logging never stalls the device.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from transformer import data as data_lib
@@ -92,7 +94,10 @@ def init_fn(model: nn.Module, task: str, tx) -> Any:
   """rng -> TrainState with logically-annotated ("boxed") parameters and moments."""
   def init(rng):
     variables = model.init(rng, *example_inputs(task))
-    return step_lib.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+    state = step_lib.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+    # A strongly typed step (flax starts from a Python 0): a fresh state and a restored one
+    # then share one compiled train step.
+    return state.replace(step=jnp.zeros((), jnp.int32))
   return init
 
 
@@ -186,6 +191,11 @@ class Trainer:
       return sharding.replicate_for_pmap(jax.device_get(state), self.pmap_mesh)
     return state
 
+  @staticmethod
+  def _step_of(state) -> int:
+    """The state's step (under pmap: every device's copy is the same)."""
+    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
   def _to_host_state(self, state):
     """The state as one logical copy (what checkpoints hold)."""
     return sharding.unreplicate(state) if self.parallelism == 'pmap' else state
@@ -216,6 +226,39 @@ class Trainer:
       metrics = sharding.unreplicate(metrics)
     stacked = jax.device_get(metrics)
     return [{k: float(v[i]) for k, v in stacked.items()} for i in range(steps)]
+
+  def compile_ahead(self) -> concurrent.futures.Future:
+    """Compiles the train and eval steps in a background thread.
+
+    XLA compiles while the main thread initialises (or restores) the state and opens the
+    metric writers, which on a small model saves seconds of start-up. The later calls find
+    the executables in jit's (or pmap's) cache: the inputs here are shaped and placed like
+    the real ones.
+    """
+    like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    # Shapes only: a throwaway iterator.
+    train_input = jax.tree.map(
+        like, self._next_train_input(self.datasets.train_iter(), self.steps_per_call))
+    eval_input = None
+    if 'valid' in self.datasets.splits:
+      eval_input = jax.tree.map(
+          like, self._put_batch(next(iter(self.datasets.eval_batches('valid')))))
+    state = self.abstract_state
+    if self.parallelism == 'pmap':
+      per_device = NamedSharding(self.pmap_mesh, P(sharding.PMAP_AXIS))
+      devices = self.pmap_mesh.devices.size
+      state = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct((devices,) + x.shape, x.dtype, sharding=per_device),
+          state)
+
+    def compile_steps():
+      self.p_train.lower(state, train_input).compile()
+      if eval_input is not None:
+        self.p_eval.lower(state.params, eval_input).compile()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='compile')
+    future = pool.submit(compile_steps)
+    pool.shutdown(wait=False)
+    return future
 
   def restore_or_init(self):
     """(state, data iterator), from the newest checkpoint when there is one."""
@@ -313,12 +356,14 @@ class Trainer:
     cfg = self.config.train
     if self.is_main:
       (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
+    compiling = self.compile_ahead()
     writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main)
     state, iterator = self.restore_or_init()
-    start = int(jax.device_get(self._to_host_state(state).step))
+    start = self._step_of(state)
     num_steps = cfg.num_steps
     lengths = self._lengths()
     flops_per_token = metrics_lib.train_flops_per_token(self.model_config, self.task, *lengths)
+    compiling.result()   # before the peak is measured: nothing else may run then
     peak, peak_source = metrics_lib.device_peak_flops()
     throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
     logging.info('model FLOPs/token %.3g; peak %.3g FLOP/s per device (%s)',
@@ -377,7 +422,7 @@ class Trainer:
       account(pending[0], self._per_step_metrics(*pending[1:]))
     bar.close()
     if preempted or num_steps > start:
-      host_step = int(jax.device_get(self._to_host_state(state).step))
+      host_step = self._step_of(state)
       if host_step not in self.checkpointer.all_steps():
         self.save(state, iterator)
     self.checkpointer.wait()

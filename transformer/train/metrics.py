@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import threading
 import time
 from typing import Mapping, Sequence
 
@@ -23,15 +24,29 @@ class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
     self.enabled = enabled
     self._tb = None
+    self._opening = None
     if not enabled:
       return
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    # tensorboardX imports PyTorch when it is installed (over a second): open the writer in
+    # the background while the run starts up.
+    self._opening = threading.Thread(target=self._open_tensorboard,
+                                     args=(pathlib.Path(workdir) / 'tensorboard',), daemon=True)
+    self._opening.start()
+
+  def _open_tensorboard(self, directory: pathlib.Path) -> None:
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
     except ImportError:  # TensorBoard events are a convenience, metrics.jsonl is the record
-      self._tb = None
+      return
+    self._tb = SummaryWriter(str(directory))
+
+  def _tensorboard(self):
+    if self._opening is not None:
+      self._opening.join()
+      self._opening = None
+    return self._tb
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled or not scalars:
@@ -39,17 +54,17 @@ class MetricWriter:
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
     with self.path.open('a') as f:
       f.write(json.dumps(record) + '\n')
-    if self._tb is not None:
+    if (tb := self._tensorboard()) is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
+        tb.add_scalar(k, float(v), int(step))
 
   def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
+    if (tb := self._tensorboard()) is not None:
+      tb.flush()
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    if (tb := self._tensorboard()) is not None:
+      tb.close()
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
@@ -97,7 +112,7 @@ _PEAK_BF16_FLOPS = {  # dense bfloat16 peaks from the vendors' data sheets
 }
 
 
-def measured_matmul_flops(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+def measured_matmul_flops(size: int = 1024, repeats: int = 10, dtype=jnp.float32) -> float:
   """FLOP/s of a square matrix product on the default device: the ceiling on a CPU."""
   a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x: x @ x)
@@ -117,7 +132,10 @@ def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:
   for name, flops in _PEAK_BF16_FLOPS.items():
     if name.lower() in kind.lower():
       return flops, f'{kind} bf16 data sheet'
-  return measured_matmul_flops(), f'{kind or device.platform} measured f32 matmul'
+  # The CPU "devices" of one process share its cores (and the matrix product used them all).
+  shared_by = len(jax.local_devices(backend=device.platform))
+  return (measured_matmul_flops() / shared_by,
+          f'{kind or device.platform} measured f32 matmul / {shared_by} devices')
 
 
 class Throughput:

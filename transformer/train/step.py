@@ -13,6 +13,7 @@ import functools
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
@@ -62,7 +63,14 @@ def forward(model: nn.Module, params: Any, batch: Batch, task: str, *, determini
 
 
 def _sum_over(axis_name: str | None, tree):
-  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+  if axis_name is None:
+    return tree
+  if jax.default_backend() != 'cpu':  # XLA combines the arrays into one all-reduce itself
+    return jax.lax.psum(tree, axis_name)
+  # XLA's CPU all-reduce pays per array (4.6 ms for this repo's 36 Tiny Shakespeare
+  # gradients, 0.4 ms for the same numbers in one buffer): reduce one flat buffer.
+  flat, unflatten = jax.flatten_util.ravel_pytree(tree)
+  return unflatten(jax.lax.psum(flat, axis_name))
 
 
 def summarise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
