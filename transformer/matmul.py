@@ -32,11 +32,12 @@ def _matmul_bwd(residuals, dy):
   x, w = residuals
   # Materialise the transpose of the narrower of x and dy (the barrier stops XLA from
   # folding it back into the product): dW = x^T dy, or (dy^T x)^T, whose transpose is of
-  # the small [K, N] result.
+  # the small [K, N] result (behind a barrier too, or XLA would fold it into the product
+  # as a transposed operand, which sends the product to a slower kernel).
   if x.shape[1] <= dy.shape[1]:
     dw = lax.optimization_barrier(x.T) @ dy
   else:
-    dw = (lax.optimization_barrier(dy.T) @ x).T
+    dw = lax.optimization_barrier(lax.optimization_barrier(dy.T) @ x).T
   return (dy @ w.T).astype(x.dtype), dw.astype(w.dtype)
 
 
