@@ -91,14 +91,14 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
   key = jax.random.fold_in(dropout_key, state.step)
   if axis_name is not None:  # each device drops different units
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-  weight_total = _sum_over(axis_name, jnp.sum(_weights(batch, task)))
-  weight_total = jnp.maximum(weight_total, 1e-9)
 
+  # Gradients of the summed token losses, divided by the global token weight once the
+  # devices have added them up: the weights travel in the same all-reduce as the gradients.
   def loss_fn(params, micro, micro_key):
     logits, targets, w = forward(model, params, micro, task, deterministic=False,
                                  rngs={'dropout': micro_key})
     sums = loss_lib.cross_entropy_sums(logits, targets, w, label_smoothing)
-    return sums['loss_sum'] / weight_total, sums
+    return sums['loss_sum'], sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum_steps == 1:
@@ -119,8 +119,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
     (grads, sums), _ = jax.lax.scan(
         accumulate, (zeros_grads, zero_sums),
         (jnp.arange(grad_accum_steps), micro_batches))
-  grads = _sum_over(axis_name, grads)
-  sums = _sum_over(axis_name, sums)
+  grads, sums = _sum_over(axis_name, (grads, sums))
+  weight_total = jnp.maximum(sums['weight_sum'], 1e-9)
+  grads = jax.tree.map(lambda g: g / weight_total.astype(g.dtype), grads)
   new_state = state.apply_gradients(grads=grads)
   metrics = summarise(sums)
   if task == 'mlm':  # the model processes every real token, not only the masked ones
@@ -129,12 +130,6 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
   return new_state, metrics
-
-
-def _weights(batch: Batch, task: str) -> jax.Array:
-  if task == 'classification' and 'weights' not in batch:
-    return jnp.any(batch['inputs'] != 0, axis=-1).astype(jnp.float32)
-  return batch['weights'].astype(jnp.float32)
 
 
 def _split_micro_batches(batch: Batch, n: int) -> Batch:
