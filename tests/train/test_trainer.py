@@ -113,9 +113,9 @@ def test_steps_per_call_trains_the_same_and_stops_at_every_eval_and_checkpoint(t
 
 
 @pytest.mark.parametrize('parallelism', ['jit', 'pmap'])
-def test_steps_compiled_ahead_are_not_compiled_again(tmp_path, caplog, parallelism):
+def test_steps_and_examples_compile_once(tmp_path, caplog, parallelism):
   config = tiny_config(**{'train.num_steps': 4, 'train.eval_every': 4,
-                          'train.steps_per_call': 2})
+                          'train.steps_per_call': 2, 'train.num_examples_to_show': 2})
   config.parallelism = parallelism
   trainer = Trainer(config, tmp_path)
   jax.config.update('jax_log_compiles', True)   # global: the compiling thread sees it too
@@ -127,8 +127,8 @@ def test_steps_compiled_ahead_are_not_compiled_again(tmp_path, caplog, paralleli
   compiled = [r.getMessage().split(' with ')[0] for r in caplog.records
               if r.getMessage().startswith('Compiling ')]
   big = [name for name in compiled if 'train' in name or 'steps' in name or 'eval' in name
-         or '_fun' in name]
-  assert len(big) == 2, compiled   # the train and eval steps, once each
+         or '_fun' in name or 'translate' in name]
+  assert len(big) == 3, compiled   # the train and eval steps and the examples' decoding
 
 
 SPLIT_CPU = """

@@ -363,6 +363,10 @@ class Trainer:
     num_steps = cfg.num_steps
     lengths = self._lengths()
     flops_per_token = metrics_lib.train_flops_per_token(self.model_config, self.task, *lengths)
+    # While the steps compile: the end-of-run examples, from the initial parameters, so that
+    # their decoding loop is compiled by the end.
+    self.show_examples(sharding.unreplicate(state.params) if self.parallelism == 'pmap'
+                       else state.params)
     compiling.result()   # before the peak is measured: nothing else may run then
     peak, peak_source = metrics_lib.device_peak_flops()
     throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
