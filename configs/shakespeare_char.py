@@ -24,7 +24,8 @@ def get_config():
                  weight_decay=0.1, grad_clip_norm=1.0)
   c.train.update(batch_size=12, num_steps=2000, log_every=100, eval_every=2000,
                  checkpoint_every=1000, max_to_keep=2, best_metric='',
-                 steps_per_call=10)   # a 30 ms step: dispatch once per 10 steps
+                 steps_per_call=10,   # a 30 ms step: dispatch once per 10 steps
+                 eval_batch_size=48)
   c.cpu_devices = 2   # on a CPU: two XLA devices of 6 rows each keep 2 cores busier than one
   c.parallelism = 'pmap'   # its gradient sum is one flat all-reduce, jit's one per array
   return c
