@@ -6,6 +6,7 @@ same workdir resumes from its newest checkpoint, data position included.
 
 import pathlib
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,6 +18,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Run folder (default: runs/<config file name>).')
+_CACHE = flags.DEFINE_string(
+    'compilation_cache', str(pathlib.Path('~/.cache/transformer/xla').expanduser()),
+    "JAX's persistent compilation cache: a run that compiles what an earlier run compiled "
+    "(same model, shapes and devices) loads it from here instead ('' to turn it off).")
 
 
 def main(argv):
@@ -26,6 +31,8 @@ def main(argv):
     # Orbax logs every save at INFO: keep the console to the progress bar and summaries
     # unless asked (--verbosity=0 restores INFO).
     logging.set_verbosity(logging.WARNING)
+  if _CACHE.value and not jax.config.jax_compilation_cache_dir:  # the environment's wins
+    jax.config.update('jax_compilation_cache_dir', _CACHE.value)
   config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
   workdir = _WORKDIR.value or str(pathlib.Path('runs') / config_path.stem)
   logging.info('workdir %s', workdir)

@@ -25,10 +25,13 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   workdir = tmp_path / 'run'
   overrides = {**tiny_overrides(), 'train.num_steps': 120, 'train.eval_every': 40,
                'train.checkpoint_every': 60, 'train.steps_per_call': 8}
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   result = subprocess.run(
-      [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [sys.executable, 'train.py', f'--workdir={workdir}',
+       f'--compilation_cache={tmp_path / "xla"}', *flag_args(overrides)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert any((tmp_path / 'xla').iterdir())   # the train step was cached for the next run
   assert 'final eval' in result.stdout
   records = metrics_lib.read_metrics(workdir)
   evals = [r for r in records if 'eval/accuracy' in r]
@@ -204,10 +207,13 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   assert steps[-1] == saved_step > 0
 
   overrides['train.num_steps'] = saved_step + 5
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   result = subprocess.run(
-      [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [sys.executable, 'train.py', f'--workdir={workdir}',
+       f'--compilation_cache={tmp_path / "xla"}', *flag_args(overrides)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert any((tmp_path / 'xla').iterdir())   # the train step was cached for the next run
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps[-1] == saved_step + 5
 
