@@ -130,6 +130,11 @@ def pmap_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (PMAP_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def pmap_sharding(mesh: Mesh) -> NamedSharding:
+  """The leading axis split over pmap's devices: the layout pmap wants its inputs in."""
+  return NamedSharding(mesh, P(PMAP_AXIS))
+
+
 def replicate_for_pmap(tree: Any, mesh: Mesh) -> Any:
   """Stacks one copy per device, already laid out the way pmap wants its inputs.
 
@@ -137,10 +142,17 @@ def replicate_for_pmap(tree: Any, mesh: Mesh) -> Any:
   compilation that `flax.jax_utils.replicate` causes.)
   """
   n = mesh.devices.size
-  sharding = NamedSharding(mesh, P(PMAP_AXIS))
   return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+                               pmap_sharding(mesh)),
       tree)
+
+
+def abstract_replicate_for_pmap(tree: Any, mesh: Mesh) -> Any:
+  """The shapes, dtypes and shardings `replicate_for_pmap(tree, mesh)` would return."""
+  n = mesh.devices.size
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + tuple(x.shape), x.dtype,
+                                                     sharding=pmap_sharding(mesh)), tree)
 
 
 def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False
@@ -150,7 +162,7 @@ def split_for_pmap(batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = 
   `stacked`: [steps, B, ...] -> [devices, steps, B / devices, ...].
   """
   n = mesh.devices.size
-  sharding = NamedSharding(mesh, P(PMAP_AXIS))
+  sharding = pmap_sharding(mesh)
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)

@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from transformer import data as data_lib
@@ -191,14 +190,13 @@ class Trainer:
       return sharding.replicate_for_pmap(jax.device_get(state), self.pmap_mesh)
     return state
 
-  @staticmethod
-  def _step_of(state) -> int:
-    """The state's step (under pmap: every device's copy is the same)."""
-    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+  def _step_of(self, state) -> int:
+    return int(self._one_copy(state.step))
 
-  def _to_host_state(self, state):
-    """The state as one logical copy (what checkpoints hold)."""
-    return sharding.unreplicate(state) if self.parallelism == 'pmap' else state
+  def _one_copy(self, tree):
+    """One logical copy of a step's input or output: under pmap, the first device's (every
+    device holds the same state and metrics); what checkpoints hold."""
+    return sharding.unreplicate(tree) if self.parallelism == 'pmap' else tree
 
   def _put_batch(self, batch, stacked: bool = False):
     if self.parallelism == 'pmap':
@@ -214,17 +212,13 @@ class Trainer:
                            stacked=True)
 
   def _scalar_metrics(self, metrics):
-    if self.parallelism == 'pmap':
-      metrics = sharding.unreplicate(metrics)
-    return metrics_lib.to_float(metrics)
+    return metrics_lib.to_float(self._one_copy(metrics))
 
   def _per_step_metrics(self, metrics, steps: int) -> list[dict[str, float]]:
     """The train step's metrics as one dict of floats per step (one transfer)."""
     if self.steps_per_call == 1:
       return [self._scalar_metrics(metrics)]
-    if self.parallelism == 'pmap':
-      metrics = sharding.unreplicate(metrics)
-    stacked = jax.device_get(metrics)
+    stacked = jax.device_get(self._one_copy(metrics))
     return [{k: float(v[i]) for k, v in stacked.items()} for i in range(steps)]
 
   def compile_ahead(self) -> concurrent.futures.Future:
@@ -245,11 +239,7 @@ class Trainer:
           like, self._put_batch(next(iter(self.datasets.eval_batches('valid')))))
     state = self.abstract_state
     if self.parallelism == 'pmap':
-      per_device = NamedSharding(self.pmap_mesh, P(sharding.PMAP_AXIS))
-      devices = self.pmap_mesh.devices.size
-      state = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct((devices,) + x.shape, x.dtype, sharding=per_device),
-          state)
+      state = sharding.abstract_replicate_for_pmap(state, self.pmap_mesh)
 
     def compile_steps():
       self.p_train.lower(state, train_input).compile()
@@ -274,7 +264,7 @@ class Trainer:
     return self._to_device_state(state), iterator
 
   def save(self, state, iterator, metrics=None) -> None:
-    host_state = self._to_host_state(state)
+    host_state = self._one_copy(state)
     step = int(jax.device_get(host_state.step))
     self.checkpointer.save(step, host_state, iterator.get_state(), self.config.to_dict(),
                            metrics=metrics)
@@ -365,8 +355,7 @@ class Trainer:
     flops_per_token = metrics_lib.train_flops_per_token(self.model_config, self.task, *lengths)
     # While the steps compile: the end-of-run examples, from the initial parameters, so that
     # their decoding loop is compiled by the end.
-    self.show_examples(sharding.unreplicate(state.params) if self.parallelism == 'pmap'
-                       else state.params)
+    self.show_examples(self._one_copy(state.params))
     compiling.result()   # before the peak is measured: nothing else may run then
     peak, peak_source = metrics_lib.device_peak_flops()
     throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
@@ -435,7 +424,7 @@ class Trainer:
     if preempted:
       logging.warning('SIGTERM: saved step %d and stopped', host_step)
       print(f'preempted: checkpoint saved at step {host_step}', flush=True)
-    self.final_state = self._to_host_state(state)
+    self.final_state = self._one_copy(state)
     if not preempted:
       for line in self.show_examples(self.final_state.params):
         print(line, flush=True)
