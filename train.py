@@ -10,7 +10,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer.train import train_and_evaluate
+from transformer import experiment
+from transformer.train import process
+from transformer.train.loop import Trainer
 
 _HERE = pathlib.Path(__file__).resolve().parent
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,10 +35,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if _CACHE.value and not jax.config.jax_compilation_cache_dir:  # the environment's wins
     jax.config.update('jax_compilation_cache_dir', _CACHE.value)
+  config = _CONFIG.value
   config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
-  workdir = _WORKDIR.value or str(pathlib.Path('runs') / config_path.stem)
-  logging.info('workdir %s', workdir)
-  metrics = train_and_evaluate(_CONFIG.value, workdir)
+  workdir = pathlib.Path(_WORKDIR.value or pathlib.Path('runs') / config_path.stem)
+  process.setup(config)            # CPU devices and jax.distributed, before any device use
+  workdir.mkdir(parents=True, exist_ok=True)
+  metrics = Trainer(experiment.build(config, workdir)).run()
   print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
 
 

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from transformer.data import default_data_config, get_datasets
+from transformer.tasks import get_task
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'multi30k'
 
@@ -36,8 +36,8 @@ def main():
     for max_len, batch in [(64, 64), (64, 128), (128, 64), (128, 128)]:
       config.max_len = max_len
       start = time.perf_counter()
-      ds = get_datasets(config, task='translation', workdir=workdir, global_batch_size=batch,
-                        seed=0, process_index=0, process_count=1)
+      ds = get_datasets(config, get_task('translation').data_needs(config), workdir=workdir,
+                        global_batch_size=batch, seed=0, process_index=0, process_count=1)
       build_s = time.perf_counter() - start
       it = ds.train_iter()
       next(it)

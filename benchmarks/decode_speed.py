@@ -7,8 +7,8 @@ to an id that never occurs, so every row decodes the full length and the figures
 worst case. Each function is compiled ahead of time, so the timings exclude compilation.
 
 - LM: a DecoderLM of 4 layers, width 256, batch 8, 16-token prompts, 256 new tokens.
-  "cached" is `decode.generate` (prefill, then one token per step against the KV cache);
-  "uncached" is `decode.greedy_uncached`, which re-runs the full forward pass every step
+  "cached" is `inference.generate` (prefill, then one token per step against the KV cache);
+  "uncached" is `inference.greedy_uncached`, which re-runs the full forward pass every step
   over a fixed [B, prompt + 256] buffer (a jitted loop needs a static shape; a growing
   sequence would average half that length but recompile at every step).
 - Translation: a Transformer of 4 + 4 layers, width 256, vocabulary 8192, on source
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import transformer as tf
-from transformer import decode
+from transformer import inference
 
 NEVER = -1  # an eos id no token equals
 MULTI30K = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'multi30k' / 'test.en'
@@ -93,11 +93,11 @@ def main():
   prompt = jax.random.randint(rng, (args.batch_size, args.prompt_length), 3, 1024)
   lm_params = lm.init(rng, prompt)
   new_tokens = args.batch_size * args.new_tokens
-  cached = decode.generate.lower(lm, lm_params, prompt, max_new_tokens=args.new_tokens,
-                                 temperature=0.0, eos_id=NEVER).compile()
-  uncached = decode.greedy_uncached.lower(lm, lm_params, prompt,
-                                          max_new_tokens=args.new_tokens,
-                                          eos_id=NEVER).compile()
+  cached = inference.generate.lower(lm, lm_params, prompt, max_new_tokens=args.new_tokens,
+                                    temperature=0.0, eos_id=NEVER).compile()
+  uncached = inference.greedy_uncached.lower(lm, lm_params, prompt,
+                                             max_new_tokens=args.new_tokens,
+                                             eos_id=NEVER).compile()
   # Compiled functions take the dynamic arguments as they were lowered.
   run_cached = lambda: cached(lm_params, prompt, temperature=0.0)
   run_uncached = lambda: uncached(lm_params, prompt)
@@ -116,10 +116,10 @@ def main():
   src, source = source_sentences(args.sentences, MT_VOCAB)
   src = jnp.asarray(src)
   mt_params = mt.init(rng, src, src[:, :8])
-  beam = decode.translate_beam.lower(mt, mt_params, src, beam_size=4, alpha=0.6,
-                                     eos_id=NEVER).compile()
-  greedy = decode.translate_greedy.lower(mt, mt_params, src, eos_id=NEVER).compile()
-  max_len = src.shape[1] + 50
+  beam = inference.translate_beam.lower(mt, mt_params, src, beam_size=4, alpha=0.6,
+                                        eos_id=NEVER).compile()
+  greedy = inference.translate_greedy.lower(mt, mt_params, src, eos_id=NEVER).compile()
+  max_len = src.shape[1] + inference.MAX_EXTRA_LEN
   for name, run in (('beam 4, alpha 0.6', lambda: beam(mt_params, src, alpha=0.6)),
                     ('greedy', lambda: greedy(mt_params, src))):
     seconds = timed(run, args.repeats)

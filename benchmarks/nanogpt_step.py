@@ -41,8 +41,9 @@ def time_jax(steps: int, steps_per_call: int = 1) -> float:
   from transformer import sharding
   from train_throughput import compiled_train_step, load_config  # benchmarks/ is sys.path[0]
 
-  _, mesh, state, train = compiled_train_step(load_config('shakespeare_char'), VOCAB,
-                                              steps_per_call)
+  exp, state, train = compiled_train_step(load_config('shakespeare_char'), VOCAB,
+                                          steps_per_call)
+  mesh = exp.mesh
   weights = np.ones((B, T), np.float32)
   host = [{'inputs': x.astype(np.int32), 'targets': y.astype(np.int32), 'weights': weights}
           for x, y in batches(steps + steps_per_call)]

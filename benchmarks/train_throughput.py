@@ -11,7 +11,6 @@ the step it feeds.
 """
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -33,52 +32,44 @@ def load_config(name):
 
 
 def compiled_train_step(config, vocab: int, steps_per_call: int = 1):
-  """(model config, mesh over all devices, initial state, the trainer's jitted and donated
-  train step) for `config`, on random-token batches; with `steps_per_call > 1` the step
-  takes that many batches stacked (train.steps_per_call)."""
-  import jax
-  from flax import linen as nn
-  from transformer import sharding
-  from transformer.train import optimizer, step as step_lib
-  from transformer.train.loop import MODEL_CLASSES, init_fn, model_config
+  """(experiment, initial state, the trainer's jitted and donated train step) for `config`
+  over all devices, built as train.py builds it; with `steps_per_call > 1` the step takes
+  that many batches stacked (train.steps_per_call)."""
+  from transformer import experiment
+  from transformer.train.strategy import JitStrategy
 
-  cfg = model_config(config, vocab)
-  model = MODEL_CLASSES[config.task](cfg)
-  tx = optimizer.make_optimizer(config.optim, optimizer.make_schedule(config.optim, cfg.d_model,
-                                                                      config.train.num_steps))
-  init = init_fn(model, config.task, tx)
-  mesh = sharding.make_mesh({'data': -1})
-  state_sharding = sharding.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
-  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_sharding)(
-      jax.random.PRNGKey(0))
-  train_fn = functools.partial(step_lib.train_step, model=model, task=config.task,
-                               dropout_key=jax.random.PRNGKey(1),
-                               label_smoothing=config.train.label_smoothing)
-  eval_fn = functools.partial(step_lib.eval_step, model=model, task=config.task)
-  train, _ = step_lib.jit_steps(train_fn, eval_fn, state_sharding, state_sharding.params,
-                                sharding.batch_sharding(mesh), sharding.replicated(mesh),
-                                steps_per_call)
-  return cfg, mesh, state, train
+  exp = experiment.build(config, vocab_size=vocab)
+  strategy = JitStrategy(exp.mesh, exp.state_sharding, exp.train_fn, exp.eval_fn,
+                         steps_per_call)
+  return exp, exp.init_state(exp.rng), strategy.train
+
+
+def random_batch(exp, rows: int, vocab: int, seed: int = 0) -> dict:
+  """A batch of the task's shape: random real tokens in every position, finalized as the
+  data pipeline finalizes padded batches (decoder inputs, weights...)."""
+  import numpy as np
+  needs = exp.task.data_needs(exp.config.data)
+  rng = np.random.default_rng(seed)
+  batch = {name: rng.integers(5, vocab, (rows, spec.length)).astype(np.int32)
+           for name, spec in needs.sequences.items()}
+  if needs.label:
+    batch['label'] = rng.integers(0, exp.model_config.num_classes, rows).astype(np.int32)
+  return needs.finalize(batch, packed=False, rng=rng, tokenizer=None)
 
 
 def measure_step(name: str, steps: int) -> dict:
   """Runs in a child process (the device count is fixed when jax starts)."""
   import jax
-  import numpy as np
   from transformer import sharding
   from transformer.train import metrics
 
   config = load_config(name)
   vocab = {'default': 15, 'shakespeare_char': 65, 'multi30k_ende': 5000}[name]
-  cfg, mesh, state, train = compiled_train_step(config, vocab)
-  task = config.task
-  rows, length = config.train.batch_size, config.data.max_len
-  rng = np.random.default_rng(0)
-  ids = lambda: rng.integers(5, vocab, (rows, length)).astype(np.int32)
-  batch = {'inputs': ids(), 'targets': ids(), 'weights': np.ones((rows, length), np.float32)}
-  if task == 'translation':
-    batch['decoder_inputs'] = ids()
-  batch = sharding.global_batch(batch, mesh)
+  exp, state, train = compiled_train_step(config, vocab)
+  rows = config.train.batch_size
+  batch = random_batch(exp, rows, vocab)
+  lengths = exp.task.sequence_lengths(config.data)
+  batch = sharding.global_batch(batch, exp.mesh)
   state, out = train(state, batch)
   jax.block_until_ready(out)
   start = time.perf_counter()
@@ -86,8 +77,8 @@ def measure_step(name: str, steps: int) -> dict:
     state, out = train(state, batch)
   jax.block_until_ready(out)
   seconds = (time.perf_counter() - start) / steps
-  tokens = rows * length   # target tokens per step
-  flops = metrics.train_flops_per_token(cfg, task, length, length) * tokens
+  tokens = float(out['tokens'])   # tokens the model processed per step
+  flops = exp.task.flops_per_token(exp.model_config, lengths) * tokens
   peak = metrics.measured_matmul_flops()
   return {'config': name, 'devices': jax.device_count(), 'ms_per_step': 1e3 * seconds,
           'tokens_per_sec': tokens / seconds, 'mfu': flops / seconds / peak,
@@ -97,13 +88,15 @@ def measure_step(name: str, steps: int) -> dict:
 def pipeline_tokens_per_sec(batches: int = 100) -> float | None:
   """Target tokens/s of Multi30k's packed training batches (configs/multi30k_ende.py)."""
   from transformer.data import get_datasets
-  config = load_config('multi30k_ende').data
+  from transformer.tasks import get_task
+  train_config = load_config('multi30k_ende')
+  config = train_config.data
   config.path = str(REPO.parent / 'shared' / 'data' / 'multi30k')
   if not pathlib.Path(config.path).is_dir():
     return None
   with tempfile.TemporaryDirectory() as workdir:
-    ds = get_datasets(config, task='translation', workdir=workdir,
-                      global_batch_size=load_config('multi30k_ende').train.batch_size, seed=0,
+    ds = get_datasets(config, get_task(train_config.task).data_needs(config), workdir=workdir,
+                      global_batch_size=train_config.train.batch_size, seed=0,
                       process_index=0, process_count=1)
     iterator = ds.train_iter()
     next(iterator)

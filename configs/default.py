@@ -13,7 +13,7 @@ def get_config():
                  dropout_rate=0.0)     # unlimited fresh data: nothing to regularise
   c.data.update(
       source='synthetic', tokenizer='synthetic',
-      synthetic_task='reverse',        # 'copy' | 'reverse' | 'sort'
+      synthetic_rule='reverse',        # 'copy' | 'reverse' | 'sort'
       synthetic_vocab=10,              # the digits 0-9
       synthetic_min_len=4, synthetic_max_len=16,
       synthetic_train_size=200_000,

@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests run on CPU; sharding tests ask for 8 fake devices themselves."""
+"""Shared fixtures and the one place that knows where the shared corpora are.
+
+Tests run on CPU; sharding tests ask for 8 fake devices themselves (in subprocesses).
+The real corpora live in ../shared/data beside the repository (never copied into it).
+"""
 
 import os
 import pathlib
@@ -8,11 +12,21 @@ import pytest
 # Compiled functions are cached on disk across test processes and runs.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/transformer_jax_cache')
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+MULTI30K = SHARED_DATA / 'multi30k'
+SHAKESPEARE = SHARED_DATA / 'tinyshakespeare' / 'input.txt'
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+  """`path`, or a skip that says it is missing (the corpora are optional beside a clone)."""
+  if not path.exists():
+    pytest.skip(f'{path} is absent: the shared corpora live in ../shared/data')
+  return path
 
 
 @pytest.fixture(scope='session')
-def shared_data() -> pathlib.Path:
-  if not SHARED_DATA.is_dir():
-    pytest.skip(f'{SHARED_DATA} is absent')
-  return SHARED_DATA
+def multi30k_workdir(tmp_path_factory):
+  """A workdir for Multi30k runs (its SentencePiece model is trained once per session)."""
+  require(MULTI30K)
+  return tmp_path_factory.mktemp('multi30k')

@@ -13,7 +13,7 @@ from transformer import inference
 from transformer.train import metrics as metrics_lib
 from transformer.train.run import load_run
 
-from train_helpers import REPO, flag_args, tiny_overrides
+from tests.helpers import REPO, flag_args, tiny_overrides
 
 
 def test_bleu_of_a_reference_against_itself_is_100():

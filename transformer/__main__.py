@@ -58,6 +58,27 @@ def _decode_settings(run, args) -> dict:
               max_extra_len=decode_cfg.max_extra_len)
 
 
+def _evaluate(run, args) -> dict:
+  """Loss, accuracy, perplexity and the task's decoded metrics (BLEU) of the run's
+  parameters on a split, on one device."""
+  from transformer.data import get_datasets
+  from transformer.tasks import DecodeSettings
+  from transformer.train.evaluation import Evaluator
+  from transformer.train.strategy import JitStrategy
+
+  config, experiment = run.config, run.experiment
+  datasets = get_datasets(config.data, experiment.task.data_needs(config.data),
+                          workdir=run.workdir, global_batch_size=config.train.batch_size,
+                          seed=config.seed,
+                          eval_batch_size=config.train.eval_batch_size or None)
+  strategy = JitStrategy(experiment.mesh, experiment.state_sharding, experiment.train_fn,
+                         experiment.eval_fn)
+  config.train.bleu_examples = args.bleu_examples
+  evaluator = Evaluator(experiment.task, experiment.model, datasets, strategy, config.train,
+                        DecodeSettings(**_decode_settings(run, args)))
+  return evaluator.evaluate(run.params['params'], args.split, decode=True)
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   # Imports after parsing, so that --help is instant.
@@ -82,16 +103,7 @@ def main(argv: list[str] | None = None) -> int:
       for sample in samples:
         print(args.prompt + sample)
     else:
-      from transformer.train.loop import Trainer
-      config = run.config
-      config.decode.update(_decode_settings(run, args))   # what Trainer.bleu decodes with
-      config.train.bleu_examples = args.bleu_examples
-      config.train.eval_bleu = False      # BLEU below, keyed by the split's own name
-      config.parallelism = 'jit'          # one logical copy of the parameters, not pmap's
-      trainer = Trainer(config, args.workdir)
-      results = trainer.evaluate(run.params['params'], args.split)
-      if config.task == 'translation':
-        results[f'{args.split}/bleu'] = trainer.bleu(run.params['params'], args.split)
+      results = _evaluate(run, args)
       results['checkpoint_steps'] = run.steps
       print(json.dumps(results, indent=2))
   except (FileNotFoundError, ValueError) as error:

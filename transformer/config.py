@@ -1,7 +1,9 @@
 """`ModelConfig`: every architectural choice of the three model families, in one frozen record.
 
-Presets follow the paper's Table 3: `paper_base()` (65M parameters with a shared 37000-token
-vocabulary) and `paper_big()` (213M); `tiny()` is for tests and laptops.
+Its defaults are the paper's base model (Table 3) and the one source of model defaults:
+training configs (`transformer/train/defaults.py`) take theirs from these fields. Presets:
+`paper_base()` (65M parameters with a shared 37000-token vocabulary), `paper_big()` (213M)
+and `tiny()`, two layers of width 64 for tests and laptops.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vocab_size: int = 32                # source (and shared) vocabulary, pad id 0 included
+  vocab_size: int | None = None       # source (and shared) vocabulary, pad id 0 included;
+                                      # None: the tokenizer's (filled in by the trainer)
   target_vocab_size: int | None = None  # None: the target side uses `vocab_size` too
-  d_model: int = 64                   # D, the residual stream width
-  num_heads: int = 4                  # N query heads
+  d_model: int = 512                  # D, the residual stream width
+  num_heads: int = 8                  # N query heads
   num_kv_heads: int | None = None     # K key/value heads; None = num_heads (the paper's MHA)
   head_dim: int | None = None         # H; None = d_model // num_heads (the paper's d_k = d_v)
-  mlp_dim: int = 256                  # F, the feed-forward inner width (paper: d_ff)
-  num_layers: int = 2                 # L encoder layers (and decoder layers unless below)
+  mlp_dim: int = 2048                 # F, the feed-forward inner width (paper: d_ff)
+  num_layers: int = 6                 # L encoder layers (and decoder layers unless below)
   num_decoder_layers: int | None = None  # None = num_layers
   max_len: int = 256                  # longest position the positional encoding covers
-  dropout_rate: float = 0.0           # P_drop: sub-layer outputs and embeddings
+  dropout_rate: float = 0.1           # P_drop: sub-layer outputs and embeddings
   attention_dropout_rate: float = 0.0  # dropout on attention weights
   activation: str = 'relu'            # feed-forward: 'relu' (paper), 'gelu', 'swiglu'
   norm: str = 'layernorm'             # 'layernorm' (paper) or 'rmsnorm'
@@ -43,6 +46,9 @@ class ModelConfig:
                                       # gradient; None: when the default backend is a CPU
 
   def __post_init__(self):
+    if self.vocab_size is not None and self.vocab_size < 1:
+      raise ValueError(f'vocab_size must be positive (or None: the tokenizer\'s), not '
+                       f'{self.vocab_size}')
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
                        'set head_dim explicitly')
@@ -83,17 +89,20 @@ class ModelConfig:
 
 
 def tiny(**changes) -> ModelConfig:
-  """Two layers of width 64: compiles in seconds on a CPU."""
-  return ModelConfig(**changes)
+  """Two layers of width 64, no dropout, 32 tokens: compiles in seconds on a CPU."""
+  fields = dict(vocab_size=32, d_model=64, num_heads=4, mlp_dim=256, num_layers=2,
+                dropout_rate=0.0)
+  return ModelConfig(**{**fields, **changes})
 
 
 def paper_base(vocab_size: int = 37_000, **changes) -> ModelConfig:
-  """Table 3, "base": N=6, d_model=512, d_ff=2048, h=8, d_k=d_v=64, P_drop=0.1."""
-  return ModelConfig(vocab_size=vocab_size, d_model=512, num_heads=8, mlp_dim=2048,
-                     num_layers=6, dropout_rate=0.1, max_len=1024, **changes)
+  """Table 3, "base": N=6, d_model=512, d_ff=2048, h=8, d_k=d_v=64, P_drop=0.1 (the
+  defaults), with positions for sequences of up to 1024 tokens."""
+  return ModelConfig(**{'vocab_size': vocab_size, 'max_len': 1024, **changes})
 
 
 def paper_big(vocab_size: int = 37_000, **changes) -> ModelConfig:
   """Table 3, "big": N=6, d_model=1024, d_ff=4096, h=16, d_k=d_v=64, P_drop=0.3."""
-  return ModelConfig(vocab_size=vocab_size, d_model=1024, num_heads=16, mlp_dim=4096,
-                     num_layers=6, dropout_rate=0.3, max_len=1024, **changes)
+  fields = dict(vocab_size=vocab_size, d_model=1024, num_heads=16, mlp_dim=4096,
+                dropout_rate=0.3, max_len=1024)
+  return ModelConfig(**{**fields, **changes})

@@ -1,37 +1,27 @@
-"""Decoding: samplers, the compiled generation loop, and beam search with a length penalty.
+"""The search: samplers, the sampling loop, and beam search with a length penalty.
 
-Everything here is a pure function. The model's KV cache is a pytree passed in and returned
-(`logits, cache = model.apply(params, tokens, cache=cache)`), so a decoding loop is a
-`lax.while_loop` whose carry holds the cache; it compiles once for given static lengths.
+Everything here is a pure function over a scoring callback
+`(last_tokens [B], state) -> (logits or log-probs [B, V], state)` and knows nothing of our
+models: `transformer.inference` wires a model's KV cache in as the state. A decoding loop
+is a `lax.while_loop` whose carry holds that state; it compiles once for given static
+lengths.
 
 - Samplers act on logits [B, V]: `greedy`, `top_k_mask`, `top_p_mask` and
   `sample_logits` (temperature, then top-k, then top-p; temperature 0 is greedy).
-- `sample_loop` and `beam_search` are generic: they drive any scoring function
-  `(last_tokens [B], state) -> (logits or log-probs [B, V], state)`, so they are testable
-  with hand-built scorers.
-- `generate` (and `greedy_uncached`, the cache-free reference) for `DecoderLM`;
-  `translate_greedy` and `translate_beam` for the encoder-decoder `Transformer`, whose
-  encoder runs once per call.
-
-Prompts of different lengths share a batch by LEFT padding (`left_pad`): every row's last
-column is then a real token, and the model's default positions count only real tokens, so
-a padded row decodes exactly as it would alone.
+- `sample_loop` feeds each sampled token back; `beam_search` keeps the W best hypotheses
+  under GNMT's length penalty. Both are testable with hand-built scorers.
 
 Extra shape letter: `beam` (the beam width W) in `[B, beam, T]`.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
-
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 # Large but finite, so that arithmetic on dead beams never makes inf - inf = NaN.
 NEG_INF = -1.0e7
@@ -103,8 +93,8 @@ def sample_logits(rng: PRNGKeyArray, logits: Float[Array, "B V"], *,
 def sample_loop(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
                 num_steps: int, rng: PRNGKeyArray | None = None,
                 temperature: float | Float[Array, ""] = 0.0, top_k: int | None = None,
-                top_p: float | Float[Array, ""] | None = None, eos_id: int = EOS_ID,
-                pad_id: int = PAD_ID) -> Int[Array, "B T"]:
+                top_p: float | Float[Array, ""] | None = None, eos_id: int,
+                pad_id: int) -> Int[Array, "B T"]:
   """Feeds `first_tokens`, then each sampled token, to `score_fn` for `num_steps` steps.
 
   Step t computes `logits, state = score_fn(last_tokens, state)` and samples token t with
@@ -167,8 +157,7 @@ def _take(x: Array, indices: Int[Array, "B k"]) -> Array:
 
 def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
                 beam_size: int, max_decode_len: int, alpha: float | Float[Array, ""] = 0.6,
-                eos_id: int = EOS_ID, pad_id: int = PAD_ID
-                ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+                eos_id: int, pad_id: int) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
   """Beam search over any scoring function, with GNMT's length penalty.
 
   Args:
@@ -258,235 +247,3 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
                            width)  # [B, beam]
   tokens = _take(jnp.concatenate([finished_seqs, alive_seqs], axis=1), keep)
   return tokens, scores
-
-
-# ---------------------------------------------------------------------------------------
-# Model entry points.
-# ---------------------------------------------------------------------------------------
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID,
-             length: int | None = None) -> np.ndarray:
-  """Token lists of different lengths -> one left-padded int32 array [B, P]."""
-  length = max(len(p) for p in prompts) if length is None else length
-  out = np.full((len(prompts), length), pad_id, np.int32)
-  for row, prompt in enumerate(prompts):
-    if len(prompt):
-      out[row, length - len(prompt):] = prompt[-length:]
-  return out
-
-
-def _check_length(model, length: int, what: str) -> None:
-  cfg = model.config
-  if cfg.position != 'rope' and length > cfg.max_len:
-    raise ValueError(f'{what} needs {length} positions but the model encodes only '
-                     f'max_len={cfg.max_len}')
-
-
-def _without_pad(logits: Float[Array, "B V"], pad_id: int, value: float = -jnp.inf
-                 ) -> Float[Array, "B V"]:
-  """Pad is never generated: it would be masked as a key, and it marks "after eos".
-
-  A negative pad id means the model has none (character LMs use every id).
-  """
-  if pad_id < 0:
-    return logits
-  return logits.at[:, pad_id].set(value)
-
-
-def _for_sampling(score_fn: ScoreFn, pad_id: int) -> ScoreFn:
-  """Logits with pad forbidden."""
-  def score(tokens, state):
-    logits, state = score_fn(tokens, state)
-    return _without_pad(logits, pad_id), state
-  return score
-
-
-def _for_beam_search(score_fn: ScoreFn, pad_id: int) -> ScoreFn:
-  """The model's log-probabilities (normalised over the whole vocabulary, so that beam
-  scores are the model's log P(Y)), with pad forbidden."""
-  def score(tokens, state):
-    logits, state = score_fn(tokens, state)
-    return _without_pad(jax.nn.log_softmax(logits, axis=-1), pad_id, NEG_INF), state
-  return score
-
-
-def _lm_score_fn(model, params) -> ScoreFn:
-  def score(tokens, cache):
-    logits, cache = model.apply(params, tokens[:, None], cache=cache)
-    return logits[:, -1], cache
-  return score
-
-
-def _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size=1):
-  """A cache holding all but the last prompt token (one prefill call)."""
-  batch_size, prompt_length = prompt_tokens.shape
-  cache = model.init_cache(batch_size, max_length)
-  if prompt_length > 1:
-    _, cache = model.apply(params, prompt_tokens[:, :-1], cache=cache)
-  return expand_to_beams(cache, beam_size) if beam_size > 1 else cache
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k', 'eos_id'))
-def generate(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
-             rng: PRNGKeyArray | None = None, temperature: float | Float[Array, ""] = 1.0,
-             top_k: int | None = None, top_p: float | Float[Array, ""] | None = None,
-             eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
-  """Samples a continuation of each prompt from a `DecoderLM`, in one compiled loop.
-
-  Args:
-    prompt_tokens: [B, P], LEFT-padded with 0 (`left_pad`); every row needs at least one
-      real token.
-    max_new_tokens: how many tokens to produce (static).
-    rng: PRNG key; the same key gives the same samples. None means PRNGKey(0) (fine for
-      greedy decoding, where it is unused).
-    temperature, top_k, top_p: see `sample_logits`; temperature 0 is greedy.
-
-  The first P - 1 prompt tokens are prefilled in one model call; the prompt's last token is
-  the loop's first input, and each sampled token the next one. Rows stop after `eos_id`.
-  The pad id is never generated (its logit is set to -inf), here and in all model entry
-  points below.
-
-  Returns:
-    the new tokens [B, max_new_tokens] (eos included, pad 0 after it).
-  """
-  prompt_length = prompt_tokens.shape[1]
-  # Slots for every fed token: the prompt, then all new tokens but the last.
-  max_length = prompt_length + max_new_tokens - 1
-  _check_length(model, max_length, 'generate')
-  cache = _prefilled_lm_cache(model, params, prompt_tokens, max_length)
-  score = _for_sampling(_lm_score_fn(model, params), model.config.pad_id)
-  return sample_loop(score, cache, prompt_tokens[:, -1],
-                     num_steps=max_new_tokens, rng=rng, temperature=temperature,
-                     top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=model.config.pad_id)
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'eos_id'))
-def greedy_uncached(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
-                    eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
-  """Greedy `generate` without a cache: the reference, and the benchmark's baseline.
-
-  Each step re-runs the full forward pass over a fixed [B, P + max_new_tokens] buffer
-  (prompt, tokens so far, then pads, which are masked and causally invisible) and reads the
-  logits of the last filled column. Same contract as `generate` with temperature 0.
-  """
-  batch_size, prompt_length = prompt_tokens.shape
-  pad_id = model.config.pad_id
-  _check_length(model, prompt_length + max_new_tokens, 'greedy_uncached')
-  buffer = jnp.concatenate(
-      [prompt_tokens.astype(jnp.int32),
-       jnp.full((batch_size, max_new_tokens), pad_id, jnp.int32)], axis=1)
-
-  def body(step, carry):
-    buffer, finished = carry
-    logits = model.apply(params, buffer)
-    column = prompt_length + step - 1
-    logits = lax.dynamic_index_in_dim(logits, column, axis=1, keepdims=False)
-    token = greedy(_without_pad(logits, pad_id))
-    token = jnp.where(finished, pad_id, token)
-    buffer = lax.dynamic_update_slice(buffer, token[:, None], (0, column + 1))
-    return buffer, finished | (token == eos_id)
-
-  buffer, _ = lax.fori_loop(0, max_new_tokens, body,
-                            (buffer, jnp.zeros((batch_size,), jnp.bool_)))
-  return buffer[:, prompt_length:]
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'beam_size', 'max_new_tokens', 'eos_id'))
-def generate_beam(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
-                  beam_size: int = 4, alpha: float | Float[Array, ""] = 0.6,
-                  eos_id: int = EOS_ID) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
-  """Beam search continuations of left-padded prompts from a `DecoderLM`.
-
-  The prompt is prefilled once for B rows, then the cache is expanded to B * beam rows.
-  Returns (tokens [B, beam, max_new_tokens], scores [B, beam]) as `beam_search`.
-  """
-  max_length = prompt_tokens.shape[1] + max_new_tokens - 1
-  _check_length(model, max_length, 'generate_beam')
-  cache = _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size)
-  score = _for_beam_search(_lm_score_fn(model, params), model.config.pad_id)
-  return beam_search(score, cache, prompt_tokens[:, -1],
-                     beam_size=beam_size, max_decode_len=max_new_tokens, alpha=alpha,
-                     eos_id=eos_id, pad_id=model.config.pad_id)
-
-
-def _default_decode_len(model, src_tokens, max_decode_len):
-  """The paper's limit (input length + 50), within the model's positions."""
-  if max_decode_len is None:
-    max_decode_len = src_tokens.shape[1] + 50
-    if model.config.position != 'rope':
-      max_decode_len = min(max_decode_len, model.config.max_len)
-  _check_length(model, max_decode_len, 'decoding')
-  return max_decode_len
-
-
-def _translation_score_fn(model, params, src_tokens, cross) -> ScoreFn:
-  """Decoder steps reading the cross-attention keys/values computed once (`cross`).
-
-  `cross` stays out of the loop state: it is the same for every beam of a row, so it
-  needs no gathering when beams are reordered.
-  """
-  def score(tokens, cache):
-    logits, cache = model.apply(params, None, src_tokens, tokens[:, None],
-                                cache={**cache, 'cross': cross}, method=model.decode)
-    del cache['cross']
-    return logits[:, -1], cache
-  return score
-
-
-def _encode(model, params, src_tokens):
-  """Runs the encoder once; returns each decoder layer's cross-attention keys/values."""
-  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
-  return model.apply(params, encoded, method=model.precompute_cross_attention)
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
-def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
-                     max_decode_len: int | None = None, eos_id: int = EOS_ID,
-                     bos_id: int = BOS_ID) -> Int[Array, "B T"]:
-  """Greedy decoding with the encoder-decoder `Transformer`: encode once, then decode.
-
-  Args:
-    src_tokens: [B, S] source tokens, padded with 0 (either side).
-    max_decode_len: T, the most target tokens; default S + 50 (paper 6.1), capped at the
-      model's max_len.
-
-  Returns:
-    target tokens [B, T] without bos (eos included, pad 0 after it).
-  """
-  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  cross = _encode(model, params, src_tokens)
-  cache = model.init_cache(src_tokens.shape[0], max_decode_len)
-  first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
-  score = _for_sampling(_translation_score_fn(model, params, src_tokens, cross),
-                        model.config.pad_id)
-  return sample_loop(score, cache, first,
-                     num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
-                     pad_id=model.config.pad_id)
-
-
-@functools.partial(jax.jit,
-                   static_argnames=('model', 'beam_size', 'max_decode_len', 'eos_id', 'bos_id'))
-def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: int = 4,
-                   alpha: float | Float[Array, ""] = 0.6, max_decode_len: int | None = None,
-                   eos_id: int = EOS_ID, bos_id: int = BOS_ID
-                   ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
-  """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
-
-  The encoder runs once for B rows; its output, the source and the decoder cache are
-  expanded to B * beam rows, and the cache is gathered by beam index after every step.
-
-  Returns:
-    tokens [B, beam, T] without bos (pad 0 after eos) and scores [B, beam]
-    (log P / lp), best first; T = max_decode_len, default S + 50 capped at max_len.
-  """
-  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  batch_size = src_tokens.shape[0]
-  cross = _encode(model, params, src_tokens)
-  score = _for_beam_search(
-      _translation_score_fn(model, params, expand_to_beams(src_tokens, beam_size),
-                            expand_to_beams(cross, beam_size)), model.config.pad_id)
-  cache = expand_to_beams(model.init_cache(batch_size, max_decode_len), beam_size)
-  first = jnp.full((batch_size,), bos_id, jnp.int32)
-  return beam_search(score, cache, first,
-                     beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
-                     eos_id=eos_id, pad_id=model.config.pad_id)

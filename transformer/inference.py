@@ -1,21 +1,248 @@
-"""Text in, text out: translate and generate with a model, its parameters and tokenizer.
+"""Decoding with our models: the KV-cache wiring for `transformer.decode`'s search, and
+text in, text out.
 
+    generate(model, params, prompt_tokens, max_new_tokens=50)          # DecoderLM, sampling
+    translate_beam(model, params, src_tokens, beam_size=4, alpha=0.6)  # Transformer
     translate_texts(model, params, tokenizer, ['A dog runs.'], beam_size=4)
     generate_text(model, params, tokenizer, 'ROMEO:', max_new_tokens=200, top_k=40)
 
-`transformer.train.run.load_run(workdir)` gives all three from a trained run.
+`generate` (and `greedy_uncached`, the cache-free reference) serve `DecoderLM`;
+`translate_greedy` and `translate_beam` the encoder-decoder `Transformer`, whose encoder
+runs once per call. Prompts of different lengths share a batch by LEFT padding
+(`left_pad`): every row's last column is then a real token, and the model's default
+positions count only real tokens, so a padded row decodes exactly as it would alone.
+Special token ids come from `transformer.data.tokenizers`; a trained run's tokenizer
+(`transformer.train.run.load_run`) gives the ones it was trained with.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from transformer import decode
+from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from transformer.models import DecoderLM, Transformer
+
+# The paper's output limit (section 6.1): input length + 50 tokens.
+MAX_EXTRA_LEN = 50
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID,
+             length: int | None = None) -> np.ndarray:
+  """Token lists of different lengths -> one left-padded int32 array [B, P]."""
+  length = max(len(p) for p in prompts) if length is None else length
+  out = np.full((len(prompts), length), pad_id, np.int32)
+  for row, prompt in enumerate(prompts):
+    if len(prompt):
+      out[row, length - len(prompt):] = prompt[-length:]
+  return out
+
+
+def _check_length(model, length: int, what: str) -> None:
+  cfg = model.config
+  if cfg.position != 'rope' and length > cfg.max_len:
+    raise ValueError(f'{what} needs {length} positions but the model encodes only '
+                     f'max_len={cfg.max_len}')
+
+
+def _without_pad(logits: Float[Array, "B V"], pad_id: int, value: float = -jnp.inf
+                 ) -> Float[Array, "B V"]:
+  """Pad is never generated: it would be masked as a key, and it marks "after eos".
+
+  A negative pad id means the model has none (character LMs use every id).
+  """
+  if pad_id < 0:
+    return logits
+  return logits.at[:, pad_id].set(value)
+
+
+def _for_sampling(score_fn: decode.ScoreFn, pad_id: int) -> decode.ScoreFn:
+  """Logits with pad forbidden."""
+  def score(tokens, state):
+    logits, state = score_fn(tokens, state)
+    return _without_pad(logits, pad_id), state
+  return score
+
+
+def _for_beam_search(score_fn: decode.ScoreFn, pad_id: int) -> decode.ScoreFn:
+  """The model's log-probabilities (normalised over the whole vocabulary, so that beam
+  scores are the model's log P(Y)), with pad forbidden."""
+  def score(tokens, state):
+    logits, state = score_fn(tokens, state)
+    return _without_pad(jax.nn.log_softmax(logits, axis=-1), pad_id, decode.NEG_INF), state
+  return score
+
+
+def _lm_score_fn(model, params) -> decode.ScoreFn:
+  def score(tokens, cache):
+    logits, cache = model.apply(params, tokens[:, None], cache=cache)
+    return logits[:, -1], cache
+  return score
+
+
+def _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size=1):
+  """A cache holding all but the last prompt token (one prefill call)."""
+  batch_size, prompt_length = prompt_tokens.shape
+  cache = model.init_cache(batch_size, max_length)
+  if prompt_length > 1:
+    _, cache = model.apply(params, prompt_tokens[:, :-1], cache=cache)
+  return decode.expand_to_beams(cache, beam_size) if beam_size > 1 else cache
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k', 'eos_id'))
+def generate(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
+             rng: PRNGKeyArray | None = None, temperature: float | Float[Array, ""] = 1.0,
+             top_k: int | None = None, top_p: float | Float[Array, ""] | None = None,
+             eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
+  """Samples a continuation of each prompt from a `DecoderLM`, in one compiled loop.
+
+  Args:
+    prompt_tokens: [B, P], LEFT-padded with 0 (`left_pad`); every row needs at least one
+      real token.
+    max_new_tokens: how many tokens to produce (static).
+    rng: PRNG key; the same key gives the same samples. None means PRNGKey(0) (fine for
+      greedy decoding, where it is unused).
+    temperature, top_k, top_p: see `sample_logits`; temperature 0 is greedy.
+
+  The first P - 1 prompt tokens are prefilled in one model call; the prompt's last token is
+  the loop's first input, and each sampled token the next one. Rows stop after `eos_id`.
+  The pad id is never generated (its logit is set to -inf), here and in all model entry
+  points below.
+
+  Returns:
+    the new tokens [B, max_new_tokens] (eos included, pad 0 after it).
+  """
+  prompt_length = prompt_tokens.shape[1]
+  # Slots for every fed token: the prompt, then all new tokens but the last.
+  max_length = prompt_length + max_new_tokens - 1
+  _check_length(model, max_length, 'generate')
+  cache = _prefilled_lm_cache(model, params, prompt_tokens, max_length)
+  score = _for_sampling(_lm_score_fn(model, params), model.config.pad_id)
+  return decode.sample_loop(score, cache, prompt_tokens[:, -1],
+                     num_steps=max_new_tokens, rng=rng, temperature=temperature,
+                     top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=model.config.pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'eos_id'))
+def greedy_uncached(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens: int,
+                    eos_id: int = EOS_ID) -> Int[Array, "B max_new_tokens"]:
+  """Greedy `generate` without a cache: the reference, and the benchmark's baseline.
+
+  Each step re-runs the full forward pass over a fixed [B, P + max_new_tokens] buffer
+  (prompt, tokens so far, then pads, which are masked and causally invisible) and reads the
+  logits of the last filled column. Same contract as `generate` with temperature 0.
+  """
+  batch_size, prompt_length = prompt_tokens.shape
+  pad_id = model.config.pad_id
+  _check_length(model, prompt_length + max_new_tokens, 'greedy_uncached')
+  buffer = jnp.concatenate(
+      [prompt_tokens.astype(jnp.int32),
+       jnp.full((batch_size, max_new_tokens), pad_id, jnp.int32)], axis=1)
+
+  def body(step, carry):
+    buffer, finished = carry
+    logits = model.apply(params, buffer)
+    column = prompt_length + step - 1
+    logits = lax.dynamic_index_in_dim(logits, column, axis=1, keepdims=False)
+    token = decode.greedy(_without_pad(logits, pad_id))
+    token = jnp.where(finished, pad_id, token)
+    buffer = lax.dynamic_update_slice(buffer, token[:, None], (0, column + 1))
+    return buffer, finished | (token == eos_id)
+
+  buffer, _ = lax.fori_loop(0, max_new_tokens, body,
+                            (buffer, jnp.zeros((batch_size,), jnp.bool_)))
+  return buffer[:, prompt_length:]
+
+
+def _default_decode_len(model, src_tokens, max_decode_len):
+  """The paper's limit (input length + MAX_EXTRA_LEN), within the model's positions."""
+  if max_decode_len is None:
+    max_decode_len = src_tokens.shape[1] + MAX_EXTRA_LEN
+    if model.config.position != 'rope':
+      max_decode_len = min(max_decode_len, model.config.max_len)
+  _check_length(model, max_decode_len, 'decoding')
+  return max_decode_len
+
+
+def _translation_score_fn(model, params, src_tokens, cross) -> decode.ScoreFn:
+  """Decoder steps reading the cross-attention keys/values computed once (`cross`).
+
+  `cross` stays out of the loop state: it is the same for every beam of a row, so it
+  needs no gathering when beams are reordered.
+  """
+  def score(tokens, cache):
+    logits, cache = model.apply(params, None, src_tokens, tokens[:, None],
+                                cache={**cache, 'cross': cross}, method=model.decode)
+    del cache['cross']
+    return logits[:, -1], cache
+  return score
+
+
+def _encode(model, params, src_tokens):
+  """Runs the encoder once; returns each decoder layer's cross-attention keys/values."""
+  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
+  return model.apply(params, encoded, method=model.precompute_cross_attention)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
+                     max_decode_len: int | None = None, eos_id: int = EOS_ID,
+                     bos_id: int = BOS_ID) -> Int[Array, "B T"]:
+  """Greedy decoding with the encoder-decoder `Transformer`: encode once, then decode.
+
+  Args:
+    src_tokens: [B, S] source tokens, padded with 0 (either side).
+    max_decode_len: T, the most target tokens; default S + MAX_EXTRA_LEN (paper 6.1),
+      capped at the model's max_len.
+
+  Returns:
+    target tokens [B, T] without bos (eos included, pad 0 after it).
+  """
+  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
+  cross = _encode(model, params, src_tokens)
+  cache = model.init_cache(src_tokens.shape[0], max_decode_len)
+  first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
+  score = _for_sampling(_translation_score_fn(model, params, src_tokens, cross),
+                        model.config.pad_id)
+  return decode.sample_loop(score, cache, first,
+                     num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
+                     pad_id=model.config.pad_id)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('model', 'beam_size', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: int = 4,
+                   alpha: float | Float[Array, ""] = 0.6, max_decode_len: int | None = None,
+                   eos_id: int = EOS_ID, bos_id: int = BOS_ID
+                   ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+  """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
+
+  The encoder runs once for B rows; its output, the source and the decoder cache are
+  expanded to B * beam rows, and the cache is gathered by beam index after every step.
+
+  Returns:
+    tokens [B, beam, T] without bos (pad 0 after eos) and scores [B, beam]
+    (log P / lp), best first; T = max_decode_len, default S + MAX_EXTRA_LEN capped at
+    max_len.
+  """
+  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
+  batch_size = src_tokens.shape[0]
+  cross = _encode(model, params, src_tokens)
+  score = _for_beam_search(
+      _translation_score_fn(model, params, decode.expand_to_beams(src_tokens, beam_size),
+                            decode.expand_to_beams(cross, beam_size)), model.config.pad_id)
+  cache = decode.expand_to_beams(model.init_cache(batch_size, max_decode_len), beam_size)
+  first = jnp.full((batch_size,), bos_id, jnp.int32)
+  return decode.beam_search(score, cache, first,
+                     beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
+                     eos_id=eos_id, pad_id=model.config.pad_id)
 
 
 def _bucket(length: int, multiple: int = 8) -> int:
@@ -25,7 +252,7 @@ def _bucket(length: int, multiple: int = 8) -> int:
 
 def translate_texts(model: Transformer, params: Any, tokenizer: Any, texts: Sequence[str], *,
                     beam_size: int = 4, alpha: float = 0.6, batch_size: int = 64,
-                    max_extra_len: int = 50) -> list[str]:
+                    max_extra_len: int = MAX_EXTRA_LEN) -> list[str]:
   """Translations of `texts` (beam search; `beam_size=1` is greedy), in input order.
 
   Sources are encoded (+ eos), truncated to the model's `max_len`, sorted by length and
@@ -45,11 +272,11 @@ def translate_texts(model: Transformer, params: Any, tokenizer: Any, texts: Sequ
       src[r, :len(encoded[i])] = encoded[i]
     decode_len = min(width + max_extra_len, max_len)
     if beam_size == 1:
-      out = decode.translate_greedy(model, params, jnp.asarray(src),
+      out = translate_greedy(model, params, jnp.asarray(src),
                                     max_decode_len=decode_len, eos_id=tok.eos_id,
                                     bos_id=tok.bos_id)
     else:
-      beams, _ = decode.translate_beam(model, params, jnp.asarray(src),
+      beams, _ = translate_beam(model, params, jnp.asarray(src),
                                        beam_size=beam_size, alpha=alpha,
                                        max_decode_len=decode_len, eos_id=tok.eos_id,
                                        bos_id=tok.bos_id)
@@ -90,7 +317,7 @@ def generate_text(model: DecoderLM, params: Any, tokenizer: Any, prompt: str, *,
     keep = length if length + remaining - 1 <= max_len else min(length, max_len - window)
     step_tokens = min(remaining, max_len - keep + 1)
     rng, key = jax.random.split(rng)
-    new = decode.generate(model, params, jnp.asarray(rows[:, length - keep:]),
+    new = generate(model, params, jnp.asarray(rows[:, length - keep:]),
                           max_new_tokens=step_tokens, rng=key, temperature=temperature,
                           top_k=top_k, top_p=top_p, eos_id=eos)
     rows = np.concatenate([rows, np.asarray(new)], axis=1)

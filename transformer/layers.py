@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jaxtyping import Array, Bool, Float, Int
@@ -102,7 +101,7 @@ class EncoderLayer(nn.Module):
                positions: Int[Array, "B S"], deterministic: bool) -> Float[Array, "B S D"]:
     cfg = self.config
     attention = make_attention(cfg, rope=cfg.position == 'rope', name='self_attention')
-    x, _ = _Residual(cfg, name='attention_block')(
+    x, _ = _Residual(cfg, name='self_attention_block')(
         x, lambda h: attention(h, mask=mask, positions_q=positions, deterministic=deterministic),
         deterministic)
     x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg, name='mlp'), deterministic)

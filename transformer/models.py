@@ -61,7 +61,10 @@ def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length
   }
 
 
-def _embedding(config: ModelConfig, vocab_size: int, name: str) -> nn.Embed:
+def _embedding(config: ModelConfig, vocab_size: int | None, name: str) -> nn.Embed:
+  if vocab_size is None:
+    raise ValueError('ModelConfig.vocab_size is None: set it (training fills it in from the '
+                     'tokenizer)')
   # N(0, d^-1/2) so that, after the sqrt(d) scaling, embeddings have unit variance.
   return nn.Embed(vocab_size, config.d_model, dtype=config.compute_dtype,
                   param_dtype=config.storage_dtype, name=name,

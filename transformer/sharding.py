@@ -114,11 +114,6 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: boo
   return jax.make_array_from_process_local_data(batch_sharding(mesh, stacked), arrays)
 
 
-def batch_divisor(mesh: Mesh) -> int:
-  """The global batch must be a multiple of this (the number of batch shards)."""
-  return mesh.shape['data'] * mesh.shape['fsdp']
-
-
 # --- pmap: plain data parallelism over one named device axis ------------------------------
 
 PMAP_AXIS = 'devices'

@@ -2,7 +2,8 @@
 
 import pytest
 
-from transformer.data import CharTokenizer, SentencePieceTokenizer, default_data_config, get_datasets
+from tests.helpers import task_datasets
+from transformer.data import CharTokenizer, SentencePieceTokenizer, default_data_config
 
 
 def _get(tmp_path, **fields):
@@ -10,8 +11,8 @@ def _get(tmp_path, **fields):
   for k, v in fields.items():
     setattr(c, k, v)
   task = 'translation' if c.source == 'parallel' else 'lm'
-  return get_datasets(c, task=task, workdir=tmp_path / 'work', global_batch_size=2, seed=0,
-                      process_index=0, process_count=1)
+  return task_datasets(c, task, workdir=tmp_path / 'work', global_batch_size=2, seed=0,
+                       process_index=0, process_count=1)
 
 
 def test_missing_file(tmp_path):
@@ -65,11 +66,11 @@ def test_char_vocabulary_misses_characters():
 def test_bad_config_values(tmp_path):
   with pytest.raises(ValueError, match='overlong'):
     _get(tmp_path, overlong='wrap')
-  with pytest.raises(ValueError, match='synthetic_task'):
+  with pytest.raises(ValueError, match='synthetic_rule'):
     c = default_data_config()
-    c.synthetic_task = 'shuffle'
-    get_datasets(c, task='translation', workdir=tmp_path, global_batch_size=2, seed=0,
-                 process_index=0, process_count=1)
+    c.synthetic_rule = 'shuffle'
+    task_datasets(c, 'translation', workdir=tmp_path, global_batch_size=2, seed=0,
+                  process_index=0, process_count=1)
   with pytest.raises(ValueError, match='divisible'):
-    get_datasets(default_data_config(), task='translation', workdir=tmp_path,
-                 global_batch_size=3, seed=0, process_index=0, process_count=2)
+    task_datasets(default_data_config(), 'translation', workdir=tmp_path,
+                  global_batch_size=3, seed=0, process_index=0, process_count=2)

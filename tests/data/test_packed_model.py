@@ -1,22 +1,22 @@
 """A packed batch through a model gives the same logits as each example alone."""
 
+import jax
 import numpy as np
 import pytest
 
-from transformer.data import default_data_config, get_datasets
-
-models = pytest.importorskip('transformer.models')
-jax = pytest.importorskip('jax')
-from transformer.config import ModelConfig  # noqa: E402
+from tests.helpers import task_datasets
+from transformer import models
+from transformer.config import ModelConfig
+from transformer.data import default_data_config
 
 
 def packed_batch(tmp_path, task):
   c = default_data_config()
   c.synthetic_train_size, c.synthetic_min_len, c.synthetic_max_len, c.max_len = 200, 2, 9, 24
-  ds = get_datasets(c, task=task, workdir=tmp_path, global_batch_size=2, seed=0,
-                    process_index=0, process_count=1)
+  ds = task_datasets(c, task, workdir=tmp_path, global_batch_size=2, seed=0,
+                     process_index=0, process_count=1)
   b = next(ds.train_iter())
-  assert b['inputs_segmentation'].max() >= 3, 'the test needs rows holding several examples'
+  assert b['inputs_segment_ids'].max() >= 3, 'the test needs rows holding several examples'
   return ds, b
 
 
@@ -43,13 +43,13 @@ def test_packed_translation_equals_examples_alone(tmp_path, position):
   params = model.init(jax.random.key(0), b['inputs'], b['decoder_inputs'])
   apply = jax.jit(model.apply)
   packed = model.apply(params, b['inputs'], b['decoder_inputs'],
-                       inputs_positions=b['inputs_position'],
-                       inputs_segment_ids=b['inputs_segmentation'],
-                       decoder_positions=b['targets_position'],
-                       decoder_segment_ids=b['targets_segmentation'])
+                       inputs_positions=b['inputs_positions'],
+                       inputs_segment_ids=b['inputs_segment_ids'],
+                       decoder_positions=b['targets_positions'],
+                       decoder_segment_ids=b['targets_segment_ids'])
   checked = 0
-  for row, s, t_idx in segments(b['targets_segmentation']):
-    s_idx = np.flatnonzero(b['inputs_segmentation'][row] == s)
+  for row, s, t_idx in segments(b['targets_segment_ids']):
+    s_idx = np.flatnonzero(b['inputs_segment_ids'][row] == s)
     alone = apply(params, alone_row(b['inputs'][row, s_idx], 24),
                   alone_row(b['decoder_inputs'][row, t_idx], 24))
     np.testing.assert_allclose(packed[row, t_idx], alone[0, :len(t_idx)], atol=2e-4, rtol=2e-4)
@@ -64,12 +64,12 @@ def test_packed_lm_equals_examples_alone(tmp_path):
   model = models.DecoderLM(cfg)
   params = model.init(jax.random.key(1), b['inputs'])
   apply = jax.jit(model.apply)
-  packed = model.apply(params, b['inputs'], positions=b['inputs_position'],
-                       segment_ids=b['inputs_segmentation'])
+  packed = model.apply(params, b['inputs'], positions=b['inputs_positions'],
+                       segment_ids=b['inputs_segment_ids'])
   # Without segment ids the examples would see each other: the test can fail.
-  leaky = model.apply(params, b['inputs'], positions=b['inputs_position'])
+  leaky = model.apply(params, b['inputs'], positions=b['inputs_positions'])
   differs = False
-  for row, s, idx in segments(b['inputs_segmentation']):
+  for row, s, idx in segments(b['inputs_segment_ids']):
     alone = apply(params, alone_row(b['inputs'][row, idx], 24))[0, :len(idx)]
     np.testing.assert_allclose(packed[row, idx], alone, atol=2e-4, rtol=2e-4)
     differs |= not np.allclose(leaky[row, idx], alone, atol=2e-4)

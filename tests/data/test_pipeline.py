@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MULTI30K, multi30k_config, require
-from transformer.data import default_data_config, get_datasets, mask_tokens
+from tests.conftest import MULTI30K, require
+from tests.helpers import multi30k_config, task_datasets
+from transformer.data import default_data_config, mask_tokens
 from transformer.data.tokenizers import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIALS
 
 
@@ -26,15 +27,15 @@ def synthetic_config(**overrides):
 
 
 def build(config, tmp_path, task='translation', batch=8, seed=0, p=0, P=1):
-  return get_datasets(config, task=task, workdir=tmp_path, global_batch_size=batch, seed=seed,
-                      process_index=p, process_count=P)
+  return task_datasets(config, task, workdir=tmp_path, global_batch_size=batch, seed=seed,
+                       process_index=p, process_count=P)
 
 
 def unpack(batch, feature, seg_key):
   """Yields the token tuples of every packed segment, checking positions."""
   for row in range(batch[feature].shape[0]):
     segs = batch[seg_key][row]
-    pos = batch[seg_key.replace('segmentation', 'position')][row]
+    pos = batch[seg_key.replace('segment_ids', 'positions')][row]
     assert np.all(batch[feature][row][segs == 0] == 0), 'padding must be 0'
     ids = [s for s in np.unique(segs) if s]
     assert ids == list(range(1, len(ids) + 1)), 'segments are numbered 1, 2, 3...'
@@ -48,11 +49,16 @@ def unpack(batch, feature, seg_key):
 def all_segments(batches):
   out = []
   for b in batches:
-    src = {(r, s): t for r, s, t in unpack(b, 'inputs', 'inputs_segmentation')}
-    tgt = {(r, s): t for r, s, t in unpack(b, 'targets', 'targets_segmentation')}
+    src = {(r, s): t for r, s, t in unpack(b, 'inputs', 'inputs_segment_ids')}
+    tgt = {(r, s): t for r, s, t in unpack(b, 'targets', 'targets_segment_ids')}
     assert src.keys() == tgt.keys(), 'source and target segments pair up'
     out.extend((src[k], tgt[k]) for k in sorted(src))
   return out
+
+
+def source_target(ds, split):
+  texts = ds.texts(split)
+  return texts['source'], texts['target']
 
 
 def expected_pairs(ds, split_texts):
@@ -64,7 +70,7 @@ def expected_pairs(ds, split_texts):
 def test_packing_sees_every_example_once_per_epoch(tmp_path):
   ds = build(synthetic_config(num_epochs=1), tmp_path)
   batches = list(ds.train_iter())
-  expected = expected_pairs(ds, ds._texts_fn('train'))
+  expected = expected_pairs(ds, source_target(ds, 'train'))
   got = all_segments(batches)
   assert collections.Counter(got) == collections.Counter(expected)
   assert len(got) == 300
@@ -72,10 +78,10 @@ def test_packing_sees_every_example_once_per_epoch(tmp_path):
     assert b['inputs'].shape == (8, 24) and b['inputs'].dtype == np.int32
     assert b['weights'].dtype == np.float32
     # decoder_inputs = bos + targets[:-1] within every segment.
-    np.testing.assert_array_equal(b['weights'], (b['targets_segmentation'] > 0).astype(np.float32))
-    starts = (b['targets_position'] == 0) & (b['targets_segmentation'] > 0)
+    np.testing.assert_array_equal(b['weights'], (b['targets_segment_ids'] > 0).astype(np.float32))
+    starts = (b['targets_positions'] == 0) & (b['targets_segment_ids'] > 0)
     assert np.all(b['decoder_inputs'][starts] == BOS_ID)
-    inner = (b['targets_position'] > 0)
+    inner = (b['targets_positions'] > 0)
     np.testing.assert_array_equal(b['decoder_inputs'][:, 1:][inner[:, 1:]],
                                   b['targets'][:, :-1][inner[:, 1:]])
   # Rows hold several examples: far fewer rows than examples.
@@ -85,7 +91,7 @@ def test_packing_sees_every_example_once_per_epoch(tmp_path):
 def test_second_epoch_is_a_new_order_of_the_same_examples(tmp_path):
   ds = build(synthetic_config(num_epochs=2), tmp_path)
   got = all_segments(ds.train_iter())
-  expected = expected_pairs(ds, ds._texts_fn('train'))
+  expected = expected_pairs(ds, source_target(ds, 'train'))
   assert collections.Counter(got) == collections.Counter(expected * 2)
   assert got[:300] != got[300:600]
 
@@ -93,10 +99,10 @@ def test_second_epoch_is_a_new_order_of_the_same_examples(tmp_path):
 def test_unpacked_training_rows_hold_one_example(tmp_path):
   ds = build(synthetic_config(pack=False, num_epochs=1), tmp_path)
   batches = list(ds.train_iter())
-  assert 'inputs_segmentation' not in batches[0]
+  assert 'inputs_segment_ids' not in batches[0]
   rows = [(tuple(r[r > 0]), tuple(t[t > 0])) for b in batches
           for r, t in zip(b['inputs'], b['targets']) if r.any()]
-  assert collections.Counter(rows) == collections.Counter(expected_pairs(ds, ds._texts_fn('train')))
+  assert collections.Counter(rows) == collections.Counter(expected_pairs(ds, source_target(ds, 'train')))
   for b in batches:
     np.testing.assert_array_equal(b['decoder_inputs'][:, 0][b['targets'][:, 0] > 0], BOS_ID)
 
@@ -104,7 +110,7 @@ def test_unpacked_training_rows_hold_one_example(tmp_path):
 def test_overlong_drop_and_truncate(tmp_path):
   kw = dict(synthetic_min_len=5, synthetic_max_len=20, max_len=12, num_epochs=1)
   dropped = build(synthetic_config(overlong='drop', **kw), tmp_path / 'a')
-  lengths = [len(s) for s in dropped._texts_fn('train')[0]]
+  lengths = [len(s) for s in source_target(dropped, 'train')[0]]
   assert dropped.info['train_examples'] == sum(n + 1 <= 12 for n in lengths)
   truncated = build(synthetic_config(overlong='truncate', **kw), tmp_path / 'b')
   assert truncated.info['train_examples'] == 300
@@ -118,11 +124,11 @@ def test_eval_batches_cover_every_example_in_order(tmp_path):
   batches = list(ds.eval_batches('valid'))
   assert len(batches) == 5  # ceil(37 / 8)
   assert all(b['inputs'].shape == (8, 24) for b in batches)
-  assert 'inputs_segmentation' not in batches[0]
+  assert 'inputs_segment_ids' not in batches[0]
   inputs = np.concatenate([b['inputs'] for b in batches])
   weights = np.concatenate([b['weights'] for b in batches])
   assert np.all(inputs[37:] == 0) and np.all(weights[37:] == 0)
-  sources, references = ds.eval_texts('valid')
+  sources, references = source_target(ds, 'valid')
   assert len(sources) == 37
   tok = ds.tokenizer
   assert [tok.decode(r) for r in inputs[:37]] == sources
@@ -133,9 +139,9 @@ def test_eval_batches_cover_every_example_in_order(tmp_path):
   again = list(ds.eval_batches('valid'))
   np.testing.assert_array_equal(np.concatenate([b['inputs'] for b in again]), inputs)
   # Another evaluation batch size: the same rows, in the same order.
-  big = get_datasets(synthetic_config(), task='translation', workdir=tmp_path,
-                     global_batch_size=8, eval_batch_size=16, seed=0, process_index=0,
-                     process_count=1)
+  big = task_datasets(synthetic_config(), 'translation', workdir=tmp_path,
+                      global_batch_size=8, eval_batch_size=16, seed=0, process_index=0,
+                      process_count=1)
   big_batches = list(big.eval_batches('valid'))
   assert [b['inputs'].shape for b in big_batches] == [(16, 24)] * 3
   np.testing.assert_array_equal(np.concatenate([b['inputs'] for b in big_batches])[:37],
@@ -157,11 +163,12 @@ def test_same_seed_same_batches_other_seed_others(tmp_path):
 RESUME_SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np
-    from transformer.data import default_data_config, get_datasets
+    from tests.helpers import task_datasets
+    from transformer.data import default_data_config
     config = default_data_config()
     config.update(json.loads(sys.argv[1]))
-    ds = get_datasets(config, task=sys.argv[2], workdir=sys.argv[3], global_batch_size=8,
-                      seed=5, process_index=0, process_count=1)
+    ds = task_datasets(config, sys.argv[2], workdir=sys.argv[3], global_batch_size=8,
+                       seed=5, process_index=0, process_count=1)
     it = ds.train_iter()
     it.set_state(json.loads(sys.argv[4]))
     batches = [next(it) for _ in range(3)]
@@ -178,8 +185,8 @@ def test_iterator_state_resumes_in_a_fresh_process(tmp_path, task):
     fields = dict(source='text', path=str(text), tokenizer='char', max_len=16)
   config = default_data_config()
   config.update(fields)
-  ds = get_datasets(config, task=task, workdir=tmp_path, global_batch_size=8, seed=5,
-                    process_index=0, process_count=1)
+  ds = task_datasets(config, task, workdir=tmp_path, global_batch_size=8, seed=5,
+                     process_index=0, process_count=1)
   it = ds.train_iter()
   for _ in range(45):  # past the end of the first epoch for the packed tasks
     next(it)
@@ -202,7 +209,7 @@ def test_processes_together_see_every_example_once(tmp_path):
     for b in ds.train_iter():
       assert b['inputs'].shape == (2, 24)  # each process gets its slice of the global batch
     seen.append(all_segments(ds.train_iter()))
-  expected = expected_pairs(ds, ds._texts_fn('train'))
+  expected = expected_pairs(ds, source_target(ds, 'train'))
   assert collections.Counter(sum(seen, [])) == collections.Counter(expected)
   # Disjoint shards: sizes are 100 each, and the union has no duplicates beyond expected.
   assert [len(s) for s in seen] == [100, 100, 100]
@@ -246,15 +253,15 @@ def test_mlm_and_sentence_lm_batches(tmp_path):
                        max_len=64, num_epochs=1, valid_fraction=0.1)
   lm = build(c, tmp_path / 'lm', task='lm')
   b = next(lm.train_iter())
-  assert set(b) == {'inputs', 'targets', 'weights', 'inputs_segmentation', 'inputs_position'}
-  starts = (b['inputs_position'] == 0) & (b['inputs_segmentation'] > 0)
+  assert set(b) == {'inputs', 'targets', 'weights', 'inputs_segment_ids', 'inputs_positions'}
+  starts = (b['inputs_positions'] == 0) & (b['inputs_segment_ids'] > 0)
   assert np.all(b['inputs'][starts] == BOS_ID)
-  inner = b['inputs_position'][:, 1:] > 0
+  inner = b['inputs_positions'][:, 1:] > 0
   np.testing.assert_array_equal(b['inputs'][:, 1:][inner], b['targets'][:, :-1][inner])
   ends = np.zeros_like(starts)
   ends[:, :-1] = starts[:, 1:]
-  ends |= (b['inputs_segmentation'] > 0) & (np.roll(b['inputs_segmentation'], -1, 1) == 0)
-  assert np.all(b['targets'][ends & (b['inputs_segmentation'] > 0)] == EOS_ID)
+  ends |= (b['inputs_segment_ids'] > 0) & (np.roll(b['inputs_segment_ids'], -1, 1) == 0)
+  assert np.all(b['targets'][ends & (b['inputs_segment_ids'] > 0)] == EOS_ID)
   mlm = build(c, tmp_path / 'mlm', task='mlm', batch=16)
   batches = list(mlm.train_iter())
   weights = np.concatenate([x['weights'].ravel() for x in batches])
@@ -270,14 +277,14 @@ def test_mlm_and_sentence_lm_batches(tmp_path):
 
 def test_multi30k_packed_pipeline(multi30k_workdir):
   require(MULTI30K)
-  ds = get_datasets(multi30k_config(), task='translation', workdir=multi30k_workdir,
-                    global_batch_size=32, seed=0, process_index=0, process_count=1)
+  ds = task_datasets(multi30k_config(), 'translation', workdir=multi30k_workdir,
+                     global_batch_size=32, seed=0, process_index=0, process_count=1)
   assert ds.splits == ('train', 'valid', 'test')
   it = ds.train_iter()
   b = next(it)
   assert b['inputs'].shape == (32, 64)
   assert (b['targets'] > 0).mean() > 0.8, 'packing fills the rows'
-  sources, references = ds.eval_texts('valid')
+  sources, references = source_target(ds, 'valid')
   assert len(sources) == 1014 and sources[0].startswith('A group of men')
   assert ds.tokenizer.decode(next(iter(ds.eval_batches('valid')))['targets'][0]) == references[0]
   # The prepared ArrayRecord data and token ids are cached in the workdir.

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from transformer.data import default_data_config, get_datasets
+from tests.helpers import task_datasets
+from transformer.data import default_data_config
 
 
 class TinyTranslate(tfds.core.GeneratorBasedBuilder):
@@ -35,10 +36,11 @@ def tfds_config(name, **overrides):
 
 @pytest.mark.parametrize('reverse', [False, True])
 def test_tfds_translation_builder_and_direction(tmp_path, reverse):
-  ds = get_datasets(tfds_config('tiny_translate', reverse_translation=reverse), task='translation',
-                    workdir=tmp_path, global_batch_size=4, seed=0, process_index=0, process_count=1)
+  ds = task_datasets(tfds_config('tiny_translate', reverse_translation=reverse), 'translation',
+                     workdir=tmp_path, global_batch_size=4, seed=0, process_index=0, process_count=1)
   assert ds.splits == ('train', 'valid')
-  sources, references = ds.eval_texts('valid')
+  texts = ds.texts('valid')
+  sources, references = texts['source'], texts['target']
   assert len(sources) == 5
   for source, reference in zip(sources, references):  # TFDS shuffles the record order
     german, english = f'Hallo Welt {source[-1]}', f'hello world {source[-1]}'
@@ -50,20 +52,20 @@ def test_tfds_translation_builder_and_direction(tmp_path, reverse):
 
 def test_tfds_mock_lm1b_packed_sentences(tmp_path):
   with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
-    ds = get_datasets(tfds_config('lm1b', num_epochs=1, lm_format='sentences'), task='lm', workdir=tmp_path,
-                      global_batch_size=4, seed=0, process_index=0, process_count=1)
+    ds = task_datasets(tfds_config('lm1b', num_epochs=1, lm_format='sentences'), 'lm', workdir=tmp_path,
+                       global_batch_size=4, seed=0, process_index=0, process_count=1)
   batches = list(ds.train_iter())
-  assert 'inputs_segmentation' in batches[0]
+  assert 'inputs_segment_ids' in batches[0]
   num_sentences = ds.info['train_examples']  # mock sentences, less any empty ones
   assert 20 < num_sentences <= 30
-  assert sum(int(b['inputs_segmentation'].max(1).sum()) for b in batches) == num_sentences
+  assert sum(int(b['inputs_segment_ids'].max(1).sum()) for b in batches) == num_sentences
 
 
 def test_tfds_mock_glue_sst2_classification(tmp_path):
   import tensorflow_datasets.text.glue  # registers glue without TensorFlow
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-    ds = get_datasets(tfds_config('glue/sst2'), task='classification', workdir=tmp_path,
-                      global_batch_size=4, seed=0, process_index=0, process_count=1)
+    ds = task_datasets(tfds_config('glue/sst2'), 'classification', workdir=tmp_path,
+                       global_batch_size=4, seed=0, process_index=0, process_count=1)
   b = next(ds.train_iter())
   assert set(b) == {'inputs', 'label', 'weights'}
   assert b['inputs'].shape == (4, 32) and b['label'].shape == (4,)

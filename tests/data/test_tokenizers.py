@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from conftest import MULTI30K, SHAKESPEARE, multi30k_config, require
-from transformer.data import (CharTokenizer, SentencePieceTokenizer, get_datasets, load_tokenizer,
+from tests.conftest import MULTI30K, SHAKESPEARE, require
+from tests.helpers import multi30k_config, task_datasets
+from transformer.data import (CharTokenizer, SentencePieceTokenizer, load_tokenizer,
                               synthetic_tokenizer)
 from transformer.data import tokenizers as tok_lib
 
@@ -28,8 +29,8 @@ def test_char_lm_datasets_use_65_symbols_and_nanogpt_split(tmp_path):
   require(SHAKESPEARE)
   c = default_data_config()
   c.source, c.path, c.tokenizer, c.max_len = 'text', str(SHAKESPEARE), 'char', 32
-  ds = get_datasets(c, task='lm', workdir=tmp_path, global_batch_size=4, seed=0,
-                    process_index=0, process_count=1)
+  ds = task_datasets(c, 'lm', workdir=tmp_path, global_batch_size=4, seed=0,
+                     process_index=0, process_count=1)
   assert ds.vocab_size == 65
   assert ds.info['train_tokens'] == 1_003_854  # nanoGPT's 90% of 1,115,394 characters
   b = next(ds.train_iter())
@@ -40,11 +41,10 @@ def test_char_lm_datasets_use_65_symbols_and_nanogpt_split(tmp_path):
 
 
 def test_sentencepiece_round_trip_on_multi30k(multi30k_workdir):
-  ds = get_datasets(multi30k_config(), task='translation', workdir=multi30k_workdir,
-                    global_batch_size=8, seed=0, process_index=0, process_count=1)
+  ds = task_datasets(multi30k_config(), 'translation', workdir=multi30k_workdir,
+                     global_batch_size=8, seed=0, process_index=0, process_count=1)
   tok = ds.tokenizer
   assert isinstance(tok, SentencePieceTokenizer)
-  assert ds.source_tokenizer is ds.target_tokenizer  # one shared vocabulary
   assert 1000 < tok.vocab_size <= 2000
   assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 4)
   for side in ('en', 'de'):
@@ -60,8 +60,8 @@ def test_sentencepiece_round_trip_on_multi30k(multi30k_workdir):
   reloaded = load_tokenizer(multi30k_workdir / 'tokenizer')
   assert reloaded.encode(lines[3]) == tok.encode(lines[3])
   mtime = (multi30k_workdir / 'tokenizer' / 'spm.model').stat().st_mtime_ns
-  get_datasets(multi30k_config(), task='translation', workdir=multi30k_workdir,
-               global_batch_size=8, seed=0, process_index=0, process_count=1)
+  task_datasets(multi30k_config(), 'translation', workdir=multi30k_workdir,
+                global_batch_size=8, seed=0, process_index=0, process_count=1)
   assert (multi30k_workdir / 'tokenizer' / 'spm.model').stat().st_mtime_ns == mtime
 
 

@@ -1,11 +1,16 @@
-"""Grain pipelines: token ids in memory -> packed or padded NumPy batches.
+"""Batches from token ids: packed or padded training batches, padded evaluation batches.
+
+What a task asks of the pipeline is a `Needs`: the sequences it feeds its model (each built
+from a text column with or without bos/eos, up to a row length), whether it reads a label,
+whether its training rows may be packed, and a `finalize` that turns the assembled arrays
+into the step's batch (decoder inputs, weights, MLM masks...). The pipeline itself knows no
+task.
 
 Training (``train_dataset``)::
 
     PackedBatches (a grain.IterDataset): this process's shard of the examples,
       shuffled with a new seeded permutation every epoch, repeated num_epochs times,
-      first-fit packed into `rows` rows (or one example per row), then finalized
-      (MLM masking, decoder inputs, weights) -> dict of int32 / float32 arrays.
+      first-fit packed into `rows` rows (or one example per row), then finalized.
 
 Grain's own ``FirstFitPackIterDataset`` does the same packing but spends ~100 us per
 example in per-element tree bookkeeping (~300k tokens/s on Multi30k); ``PackedBatches``
@@ -21,7 +26,7 @@ Sharding: the kept examples (after dropping overlong ones) are split round robin
 ``indices[process_index::process_count]``; each process shuffles and packs only its
 own shard, so each process's batch holds ``global_batch_size // process_count`` rows.
 
-Evaluation (``EvalData``): every example of a split exactly once, in order, padded
+Evaluation (``EvalBatches``): every example of a split exactly once, in order, padded
 (never packed), overlong ones truncated (never dropped); global batch ``b`` holds
 examples ``[b * G, (b + 1) * G)`` and process ``p`` gets its slice of rows
 ``[p * G / P, (p + 1) * G / P)``; the last batch is filled with all-zero rows whose
@@ -32,16 +37,48 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import grain
 import numpy as np
 
-from transformer.data.mlm import mask_tokens
-from transformer.data.tokenizers import BOS_ID, EOS_ID, NUM_SPECIALS, PAD_ID
+from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 Batch = dict[str, np.ndarray]
-TASKS = ('translation', 'lm', 'mlm', 'classification')
+
+
+# ----------------------------------------------------------------------------
+# What a task asks for.
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSpec:
+  """One model input built from a text column: [bos] + ids + [eos], at most `length`."""
+  column: str          # 'source' | 'target' | 'text'
+  length: int
+  bos: bool = False
+  eos: bool = False
+
+
+class Finalize(Protocol):
+  def __call__(self, batch: Batch, *, packed: bool, rng: np.random.Generator,
+               tokenizer: Any) -> Batch: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+  """What a task needs from the data: see the module docstring."""
+  sequences: Mapping[str, SequenceSpec]
+  finalize: Finalize
+  label: bool = False           # examples carry an integer label (classification)
+  packable: bool = True         # training rows may hold several examples
+  windows: bool = False         # nanoGPT windows over the token stream (character LMs)
+
+  @property
+  def columns(self) -> tuple[str, ...]:
+    """The raw columns a source must provide."""
+    names = dict.fromkeys(s.column for s in self.sequences.values())
+    return tuple(names) + (('label',) if self.label else ())
 
 
 # ----------------------------------------------------------------------------
@@ -73,32 +110,22 @@ class Ragged:
   def lengths(self) -> np.ndarray:
     return np.diff(self.offsets)
 
-  def take(self, indices: np.ndarray) -> Ragged:
-    return Ragged.from_lists([self[i] for i in indices])
 
-
-def _with_specials(ids: np.ndarray, *, bos: bool, eos: bool, max_len: int, truncate: bool) -> np.ndarray | None:
-  """bos + ids + eos, truncated to max_len (keeping bos/eos), or None if too long."""
-  extra = int(bos) + int(eos)
-  if len(ids) + extra > max_len:
+def _with_specials(ids: np.ndarray, spec: SequenceSpec, truncate: bool) -> np.ndarray | None:
+  """bos + ids + eos, truncated to the spec's length (keeping bos/eos), or None if too long."""
+  extra = int(spec.bos) + int(spec.eos)
+  if len(ids) + extra > spec.length:
     if not truncate:
       return None
-    ids = ids[: max(max_len - extra, 0)]
-  parts = ([np.array([BOS_ID], np.int32)] if bos else []) + [ids] + (
-      [np.array([EOS_ID], np.int32)] if eos else [])
+    ids = ids[: max(spec.length - extra, 0)]
+  parts = ([np.array([BOS_ID], np.int32)] if spec.bos else []) + [ids] + (
+      [np.array([EOS_ID], np.int32)] if spec.eos else [])
   return np.concatenate(parts).astype(np.int32)
-
 
 
 @dataclasses.dataclass
 class Examples:
-  """Model-ready sequences of one split: each feature a ``Ragged``; optional labels.
-
-  translation: ``inputs`` = source + eos, ``targets`` = target + eos.
-  lm (sentences): ``inputs`` = bos + text, ``targets`` = text + eos.
-  mlm: ``tokens`` = bos + text + eos (masked later).
-  classification: ``inputs`` = bos + text + eos and ``label``.
-  """
+  """Model-ready sequences of one split: each feature a ``Ragged``; optional labels."""
 
   features: dict[str, Ragged]
   label: np.ndarray | None = None
@@ -106,45 +133,26 @@ class Examples:
   def __len__(self) -> int:
     return len(next(iter(self.features.values())))
 
-  def example(self, i: int) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v[i] for k, v in self.features.items()}
-    if self.label is not None:
-      out['label'] = self.label[i]
-    return out
 
-
-def build_examples(
-    task: str, tokens: dict[str, Any], *, max_lengths: dict[str, int], truncate: bool
-) -> tuple[Examples, np.ndarray]:
-  """Adds specials and applies the length limits.
+def build_examples(tokens: Mapping[str, Any], needs: Needs, *, truncate: bool
+                   ) -> tuple[Examples, np.ndarray]:
+  """Adds specials and applies the length limits of `needs.sequences`.
 
   Args:
-    task: one of ``TASKS``.
-    tokens: ``{'source', 'target'}`` or ``{'text'}`` (+ ``'label'``) Ragged ids.
-    max_lengths: the row length of each output feature.
+    tokens: the split's columns, Ragged token ids (and an int array for 'label').
     truncate: truncate overlong examples; otherwise drop them.
 
   Returns:
     The examples that were kept, and their indices in the split.
   """
-  if task == 'translation':
-    specs = {'inputs': ('source', False, True), 'targets': ('target', False, True)}
-  elif task == 'lm':
-    specs = {'inputs': ('text', True, False), 'targets': ('text', False, True)}
-  elif task == 'mlm':
-    specs = {'tokens': ('text', True, True)}
-  elif task == 'classification':
-    specs = {'inputs': ('text', True, True)}
-  else:
-    raise ValueError(f'task must be one of {TASKS}, got {task!r}')
-  n = len(tokens[next(iter(specs.values()))[0]])
+  specs = needs.sequences
+  n = len(tokens[next(iter(specs.values())).column])
   columns: dict[str, list] = {k: [] for k in specs}
   kept = []
   for i in range(n):
     row = {}
-    for name, (column, bos, eos) in specs.items():
-      seq = _with_specials(tokens[column][i], bos=bos, eos=eos,
-                           max_len=max_lengths[name], truncate=truncate)
+    for name, spec in specs.items():
+      seq = _with_specials(tokens[spec.column][i], spec, truncate)
       if seq is None:
         break
       row[name] = seq
@@ -154,103 +162,38 @@ def build_examples(
         columns[name].append(seq)
   kept = np.asarray(kept, dtype=np.int64)
   label = None
-  if 'label' in tokens:
+  if needs.label:
     label = np.asarray(tokens['label'], dtype=np.int32)[kept]
   return Examples({k: Ragged.from_lists(v) for k, v in columns.items()}, label), kept
 
 
-class _ExampleSource:
-  """Random access to the examples of one shard (a Grain data source)."""
-
-  def __init__(self, examples: Examples, indices: np.ndarray):
-    self._examples, self._indices = examples, indices
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    return self._examples.example(int(self._indices[i]))
-
-
 # ----------------------------------------------------------------------------
-# Batch assembly.
+# Helpers for finalize functions.
 
 
-def _pad_rows(batch: Batch, rows: int) -> Batch:
+def pad_rows(batch: Batch, rows: int) -> Batch:
   """Appends all-zero rows so every batch has ``rows`` rows."""
   n = next(iter(batch.values())).shape[0]
   if n == rows:
     return batch
-  return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+  return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
 
 
-def pad_to(seq: np.ndarray, length: int) -> np.ndarray:
-  out = np.zeros(length, dtype=seq.dtype)
-  out[: len(seq)] = seq[:length]
-  return out
-
-
-def decoder_inputs_from_targets(targets: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-  """bos + targets[:-1] within each segment; 0 where targets is padding.
+def shift_right(targets: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+  """bos + targets[:-1] within each segment; 0 where targets is padding (teacher forcing).
 
   Without ``positions`` every row is one sequence starting at column 0.
   """
   shifted = np.zeros_like(targets)
   shifted[:, 1:] = targets[:, :-1]
-  starts = np.zeros(targets.shape, bool) if positions is None else positions == 0
   if positions is None:
+    starts = np.zeros(targets.shape, bool)
     starts[:, 0] = True
+  else:
+    starts = positions == 0
   out = np.where(starts, BOS_ID, shifted)
   return np.where(targets != PAD_ID, out, PAD_ID).astype(np.int32)
-
-
-def finalize_batch(task: str, batch: Batch, *, packed: bool, rows: int) -> Batch:
-  """Renames Grain's packing features and adds decoder inputs and weights."""
-  batch = _pad_rows(batch, rows)
-  out: Batch = {}
-  if task == 'translation':
-    out['inputs'] = batch['inputs'].astype(np.int32)
-    out['targets'] = batch['targets'].astype(np.int32)
-    positions = batch['targets_positions'] if packed else None
-    out['decoder_inputs'] = decoder_inputs_from_targets(out['targets'], positions)
-    out['weights'] = (out['targets'] != PAD_ID).astype(np.float32)
-    if packed:
-      for f in ('inputs', 'targets'):
-        out[f'{f}_segmentation'] = batch[f'{f}_segment_ids'].astype(np.int32)
-        out[f'{f}_position'] = batch[f'{f}_positions'].astype(np.int32)
-  elif task == 'lm':
-    out['inputs'] = batch['inputs'].astype(np.int32)
-    out['targets'] = batch['targets'].astype(np.int32)
-    out['weights'] = (out['targets'] != PAD_ID).astype(np.float32)
-    if packed:
-      out['inputs_segmentation'] = batch['inputs_segment_ids'].astype(np.int32)
-      out['inputs_position'] = batch['inputs_positions'].astype(np.int32)
-  elif task == 'mlm':
-    out['inputs'] = batch['inputs'].astype(np.int32)
-    out['targets'] = batch['targets'].astype(np.int32)
-    out['weights'] = batch['weights'].astype(np.float32)
-    if packed:
-      out['inputs_segmentation'] = batch['inputs_segment_ids'].astype(np.int32)
-      out['inputs_position'] = batch['inputs_positions'].astype(np.int32)
-  elif task == 'classification':
-    out['inputs'] = batch['inputs'].astype(np.int32)
-    out['label'] = batch['label'].astype(np.int32)
-    out['weights'] = (out['inputs'][:, 0] != PAD_ID).astype(np.float32)
-  return out
-
-
-def _feature_lengths(task: str, max_lengths: dict[str, int]) -> dict[str, int]:
-  if task == 'mlm':
-    t = max_lengths['tokens']
-    return {'inputs': t, 'targets': t, 'weights': t}
-  return dict(max_lengths)
-
-
-def _masker(task: str, seed: int, mask_kwargs: dict) -> Callable[[int, dict], dict]:
-  def mask(index: int, example: dict) -> dict:
-    rng = np.random.default_rng([seed, index])
-    return mask_tokens(example['tokens'], rng, **mask_kwargs)
-  return mask
 
 
 # ----------------------------------------------------------------------------
@@ -272,6 +215,10 @@ class PackedBatches(grain.IterDataset):
   emitted and that example starts the next one (Grain's ``FirstFitPackIterDataset``
   rule, done here with NumPy per batch, about 30x faster). With
   ``max_per_row=1`` each row holds one example (padding instead of packing).
+
+  A batch holds each feature ``f`` with ``f_segment_ids`` and ``f_positions`` (and
+  ``label`` when the examples have one), then goes through ``batch_transform(batch,
+  first_stream_index)``.
 
   The iterator state is ``{'next_index': i}``: the stream index of the first example
   of the next batch; a batch depends only on that index, so it is fully resumable.
@@ -383,37 +330,27 @@ class PackedBatchIterator(grain.DatasetIterator):
     return batch
 
 
-def train_dataset(
-    task: str,
-    examples: Examples,
-    *,
-    max_lengths: dict[str, int],
-    rows: int,
-    seed: int,
-    pack: bool,
-    num_epochs: int | None,
-    process_index: int,
-    process_count: int,
-    mask_kwargs: dict | None = None,
-) -> grain.IterDataset:
+def train_dataset(examples: Examples, needs: Needs, *, rows: int, seed: int, pack: bool,
+                  num_epochs: int | None, process_index: int, process_count: int,
+                  tokenizer: Any) -> grain.IterDataset:
   """Shuffled, repeated, packed (or padded) batches of ``rows`` rows of this shard."""
   indices = shard_indices(len(examples), process_index, process_count)
   if len(indices) == 0:
     raise ValueError(f'Process {process_index} of {process_count} has no training examples.')
-  packed = pack and task != 'classification'
+  packed = pack and needs.packable
 
   def finalize(batch: Batch, start_index: int) -> Batch:
-    if task == 'mlm':
-      # The mask depends only on (seed, the batch's first stream index): resumable.
-      masked = mask_tokens(batch.pop('tokens'), np.random.default_rng([seed, start_index]),
-                           **(mask_kwargs or {}))
-      batch.update(masked)
-      batch['inputs_segment_ids'] = batch.pop('tokens_segment_ids')
-      batch['inputs_positions'] = batch.pop('tokens_positions')
-    return finalize_batch(task, batch, packed=packed, rows=rows)
+    if not packed:   # one example per row: the segment features say nothing
+      batch = {k: v for k, v in batch.items()
+               if not k.endswith(('_segment_ids', '_positions'))}
+    # Anything random (MLM masks) depends only on (seed, the batch's first stream index),
+    # so a resumed iterator reproduces it.
+    return needs.finalize(batch, packed=packed, rng=np.random.default_rng([seed, start_index]),
+                          tokenizer=tokenizer)
 
-  return PackedBatches(examples, indices, lengths=max_lengths, rows=rows, seed=seed,
-                       num_epochs=num_epochs, max_per_row=None if packed else 1,
+  return PackedBatches(examples, indices,
+                       lengths={k: s.length for k, s in needs.sequences.items()}, rows=rows,
+                       seed=seed, num_epochs=num_epochs, max_per_row=None if packed else 1,
                        batch_transform=finalize)
 
 
@@ -472,45 +409,40 @@ class EvalBatches:
     start = b * self._global + self._process_index * self._local
     stop = min(start + self._local, self._n)
     batch = {k: v[start:max(stop, start)] for k, v in self._arrays.items()}
-    return _pad_rows(batch, self._local)
+    return pad_rows(batch, self._local)
 
   def __iter__(self) -> Iterator[Batch]:
     return (self[b] for b in range(len(self)))
 
 
-def eval_arrays(task: str, examples: Examples, *, max_lengths: dict[str, int], seed: int,
-                mask_kwargs: dict | None = None) -> Batch:
-  """Every example of a split, padded into one array per feature."""
-  lengths = _feature_lengths(task, max_lengths)
+def eval_arrays(examples: Examples, needs: Needs, *, seed: int, tokenizer: Any) -> Batch:
+  """Every example of a split, padded (never packed) into one array per feature."""
   n = len(examples)
-  if task == 'mlm':
-    rows = [_masker(task, seed, mask_kwargs or {})(i, examples.example(i)) for i in range(n)]
-  else:
-    rows = [examples.example(i) for i in range(n)]
-  batch = {k: np.stack([pad_to(r[k], L) for r in rows]) if n else np.zeros((0, L), np.int32)
-           for k, L in lengths.items()}
+  batch: Batch = {}
+  for name, spec in needs.sequences.items():
+    ragged = examples.features[name]
+    values = np.zeros((n, spec.length), np.int32)
+    lengths = ragged.lengths
+    rows = np.repeat(np.arange(n), lengths)
+    columns = np.arange(int(lengths.sum())) - np.repeat(ragged.offsets[:-1], lengths)
+    values[rows, columns] = ragged.flat
+    batch[name] = values
   if examples.label is not None:
     batch['label'] = examples.label
-  return finalize_batch(task, batch, packed=False, rows=n)
+  return needs.finalize(batch, packed=False, rng=np.random.default_rng([seed, 2**31]),
+                        tokenizer=tokenizer)
 
 
 def window_eval_arrays(data: np.ndarray, block_size: int) -> Batch:
   """Consecutive non-overlapping windows covering every target of ``data`` once."""
   num_targets = len(data) - 1
   num_rows = math.ceil(num_targets / block_size)
-  inputs = np.zeros((num_rows, block_size), np.int32)
-  targets = np.zeros((num_rows, block_size), np.int32)
-  weights = np.zeros((num_rows, block_size), np.float32)
   flat_in = np.zeros(num_rows * block_size, np.int32)
   flat_tg = np.zeros(num_rows * block_size, np.int32)
   flat_w = np.zeros(num_rows * block_size, np.float32)
   flat_in[:num_targets] = data[:-1]
   flat_tg[:num_targets] = data[1:]
   flat_w[:num_targets] = 1.0
-  inputs[:] = flat_in.reshape(num_rows, block_size)
-  targets[:] = flat_tg.reshape(num_rows, block_size)
-  weights[:] = flat_w.reshape(num_rows, block_size)
-  return {'inputs': inputs, 'targets': targets, 'weights': weights}
-
-
-FIRST_REAL_ID = NUM_SPECIALS
+  shape = (num_rows, block_size)
+  return {'inputs': flat_in.reshape(shape), 'targets': flat_tg.reshape(shape),
+          'weights': flat_w.reshape(shape)}

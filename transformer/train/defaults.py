@@ -4,53 +4,45 @@ Experiment files in `configs/` start from this and change what differs, so that 
 added here reaches every experiment.
 """
 
+import dataclasses
+import typing
+
 import ml_collections
 from ml_collections import config_dict
 
+from transformer.config import ModelConfig
 from transformer.data import default_data_config
+from transformer.inference import MAX_EXTRA_LEN
+
+
+def model_block() -> ml_collections.ConfigDict:
+  """`ModelConfig`'s fields and defaults as a ConfigDict (None defaults become typed
+  placeholders, so that `--config.model.num_kv_heads=2` parses)."""
+  hints = typing.get_type_hints(ModelConfig)
+  block = {}
+  for field in dataclasses.fields(ModelConfig):
+    if field.default is None:
+      kinds = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
+      block[field.name] = config_dict.placeholder(kinds[0])
+    else:
+      block[field.name] = field.default
+  return ml_collections.ConfigDict(block)
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = 'translation'          # 'translation' | 'lm' | 'mlm' | 'classification'
+  c.task = 'translation'          # a name in transformer.tasks.TASKS: 'translation' | 'lm' |
+                                  # 'mlm' | 'classification'
   c.seed = 0                      # parameters, dropout and data order
   c.parallelism = 'jit'           # 'jit' over the mesh, or 'pmap' (plain data parallel)
   c.cpu_devices = 0               # hosts without accelerators: split the CPU into this many
                                   # XLA devices (data parallel); 0 = JAX's default (one)
 
-  # The fields of transformer.ModelConfig (see transformer/config.py); vocab_size 0 = the
-  # tokenizer's.
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=0,
-      target_vocab_size=config_dict.placeholder(int),
-      d_model=512,                # D
-      num_heads=8,                # N
-      num_kv_heads=config_dict.placeholder(int),  # K; None = num_heads
-      head_dim=config_dict.placeholder(int),      # H; None = d_model // num_heads
-      mlp_dim=2048,               # F
-      num_layers=6,               # encoder (and decoder) layers
-      num_decoder_layers=config_dict.placeholder(int),
-      max_len=256,                # positional-encoding length
-      dropout_rate=0.1,           # P_drop
-      attention_dropout_rate=0.0,
-      activation='relu',          # 'relu' | 'gelu' | 'swiglu'
-      norm='layernorm',           # 'layernorm' | 'rmsnorm'
-      pre_norm=False,             # False: post-LN (paper)
-      position='sinusoidal',      # 'sinusoidal' | 'learned' | 'rope'
-      use_bias=True,
-      share_embeddings=True,      # one source/target embedding (shared vocabulary)
-      tie_output=True,            # output projection = embedding transposed
-      scale_embeddings=True,      # embeddings * sqrt(d_model)
-      num_classes=0,              # classification head size (task 'classification')
-      pad_id=0,                   # -1: no padding id (character LMs use every id)
-      dtype='float32',            # compute dtype: 'bfloat16' on accelerators
-      param_dtype='float32',
-      attention_impl=config_dict.placeholder(str),  # None | 'xla' | 'cudnn'
-      remat=False,                # recompute layer activations in the backward pass
-      cpu_matmul=config_dict.placeholder(bool),  # None: on CPUs (transformer/matmul.py)
-  ))
+  # The fields of transformer.ModelConfig with its defaults (the paper's base model; each
+  # field is documented in transformer/config.py). vocab_size None: the tokenizer's.
+  c.model = model_block()
 
-  c.data = default_data_config()  # fields documented in transformer/data/__init__.py
+  c.data = default_data_config()  # fields documented in transformer/data/config.py
 
   c.optim = ml_collections.ConfigDict(dict(
       schedule='paper',           # 'paper' | 'warmup_cosine' | 'warmup_linear' | 'constant'
@@ -86,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
   c.decode = ml_collections.ConfigDict(dict(
       beam_size=4, alpha=0.6,     # the paper's beam search (section 6.1)
-      max_extra_len=50,           # output length <= input length + 50
+      max_extra_len=MAX_EXTRA_LEN,  # output length <= input length + this (paper: 50)
   ))
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1,            # > 1: jax.distributed.initialize with the fields below

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import threading
 import time
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from transformer.config import ModelConfig
 
 
 class MetricWriter:
@@ -82,34 +81,28 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 # --- throughput and model-FLOPs utilisation ------------------------------------------------
 
-def train_flops_per_token(cfg: ModelConfig, task: str, source_len: int, target_len: int
-                          ) -> float:
-  """Model FLOPs of one training token (forward + backward = 3x forward; PaLM appendix B).
-
-  Counts the matrix multiplies: 2 FLOPs per weight per token in each layer and the output
-  projection, plus the attention scores and weighted sums (2 * 2 * length * D per layer).
-  """
-  d, f = cfg.d_model, cfg.mlp_dim
-  n, k, h = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, cfg.resolved_head_dim
-  ff = (3 if cfg.activation == 'swiglu' else 2) * d * f
-  self_attn = d * h * (2 * n + 2 * k)
-  vocab = cfg.resolved_target_vocab_size
-  if task == 'translation':
-    enc_layer = 2 * (self_attn + ff) + 4 * source_len * n * h
-    dec_layer = 2 * (2 * self_attn + ff) + 4 * (target_len + source_len) * n * h
-    # Per target token; the encoder's work is spread over the target tokens of the pair.
-    forward = (cfg.num_layers * enc_layer * source_len / max(target_len, 1)
-               + cfg.resolved_num_decoder_layers * dec_layer + 2 * d * vocab)
-  else:
-    forward = cfg.num_layers * (2 * (self_attn + ff) + 4 * target_len * n * h) + 2 * d * vocab
-  return 3.0 * forward
-
-
-_PEAK_BF16_FLOPS = {  # dense bfloat16 peaks from the vendors' data sheets
-    'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12,
-    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
-    'TPU v6 lite': 918e12,
+# Dense bfloat16 peaks per chip from the vendors' data sheets, keyed by the words of
+# `device.device_kind` they must contain (longest key first, whole words: 'L4' is not
+# 'L40S', 'H100 PCIe' is not the SXM part).
+PEAK_BF16_FLOPS = {
+    'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12,
+    'L4': 121e12, 'A10': 125e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
 }
+
+
+def _words(text: str) -> list[str]:
+  return re.findall(r'[a-z0-9]+', text.lower())
+
+
+def data_sheet_peak(device_kind: str) -> float | None:
+  """The data-sheet bf16 peak of a device kind, or None when it is not in the table."""
+  kind = _words(device_kind)
+  for name in sorted(PEAK_BF16_FLOPS, key=lambda n: -len(_words(n))):
+    key = _words(name)
+    if any(kind[i:i + len(key)] == key for i in range(len(kind) - len(key) + 1)):
+      return PEAK_BF16_FLOPS[name]
+  return None
 
 
 def measured_matmul_flops(size: int = 1024, repeats: int = 10, dtype=jnp.float32) -> float:
@@ -129,9 +122,8 @@ def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:
   accelerators, else a matrix product measured now (CPUs)."""
   device = device or jax.devices()[0]
   kind = getattr(device, 'device_kind', '')
-  for name, flops in _PEAK_BF16_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops, f'{kind} bf16 data sheet'
+  if (flops := data_sheet_peak(kind)) is not None:
+    return flops, f'{kind} bf16 data sheet'
   # The CPU "devices" of one process share its cores (and the matrix product used them all).
   shared_by = len(jax.local_devices(backend=device.platform))
   return (measured_matmul_flops() / shared_by,

@@ -40,16 +40,19 @@ def make_schedule(optim, d_model: int, total_steps: int) -> optax.Schedule:
                    "'warmup_linear' or 'constant'")
 
 
-def _matrices(params):
-  # Weight decay on matrices only, not on biases and norm scales (GPT-2, nanoGPT).
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params):
+  """True for the weights that weight decay applies to: projection kernels and embedding
+  tables, not biases and norm scales (GPT-2, nanoGPT). By name, not by rank: attention
+  biases are [heads, head_dim] and scanned layers add a leading axis to every parameter."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) in ('kernel', 'embedding'), params)
 
 
 def make_optimizer(optim, schedule: optax.Schedule) -> optax.GradientTransformation:
   """Adam(W) with the config's betas and eps (paper: 0.9, 0.98, 1e-9), after clipping."""
   if optim.weight_decay:
     adam = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                       weight_decay=optim.weight_decay, mask=_matrices)
+                       weight_decay=optim.weight_decay, mask=decay_mask)
   else:
     adam = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   if optim.grad_clip_norm:

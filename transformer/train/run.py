@@ -2,6 +2,9 @@
 
     run = load_run('runs/multi30k_ende', average_last=5)
     translate_texts(run.model, run.params, run.tokenizer, ['A dog runs.'])
+
+The model and the shapes to restore come from `transformer.experiment.build` on one
+device, like everything else that needs a model from a config.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ from typing import Any
 
 import jax
 import ml_collections
-from flax import linen as nn
 
-from transformer.config import ModelConfig
+from transformer import experiment as experiment_lib
+from transformer import sharding
 from transformer.data.tokenizers import load_tokenizer, synthetic_tokenizer
 from transformer.train import checkpoint as checkpoint_lib
-from transformer.train import loop
-from transformer.train import optimizer as optimizer_lib
 
 
 @dataclasses.dataclass
@@ -26,16 +27,19 @@ class Run:
   """A trained model and what it needs to read and write text."""
   workdir: pathlib.Path
   config: ml_collections.ConfigDict
-  model_config: ModelConfig
-  model: nn.Module
-  params: Any
+  experiment: experiment_lib.Experiment   # built on one device, without data
+  params: Any               # {'params': ...}, on one device
   tokenizer: Any
   steps: list[int]          # the checkpoint step(s) whose parameters these are
+
+  @property
+  def model(self):
+    return self.experiment.model
 
 
 def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   """The tokenizer the run trained with: saved in the workdir, or rebuilt (synthetic)."""
-  directory = pathlib.Path(config.data.get('tokenizer_dir') or workdir / 'tokenizer')
+  directory = pathlib.Path(config.data.tokenizer_dir or workdir / 'tokenizer')
   if (directory / 'tokenizer.json').is_file():
     return load_tokenizer(directory)
   if config.data.tokenizer == 'synthetic':
@@ -43,16 +47,8 @@ def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   raise FileNotFoundError(f'no tokenizer in {directory}')
 
 
-def abstract_train_state(model, task: str, config: ml_collections.ConfigDict,
-                         model_config: ModelConfig) -> Any:
-  """Shapes, dtypes and single-device shardings of the run's TrainState (for restoring)."""
-  schedule = optimizer_lib.make_schedule(config.optim, model_config.d_model,
-                                         config.train.num_steps)
-  tx = optimizer_lib.make_optimizer(config.optim, schedule)
-  boxed = jax.eval_shape(loop.init_fn(model, task, tx), jax.random.PRNGKey(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      nn.meta.unbox(boxed))
+def one_device_mesh():
+  return sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
 
 
 def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
@@ -75,10 +71,9 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
   newest = available[-1] if step is None else step
   config = ml_collections.ConfigDict(checkpointer.restore_config(newest))
   tokenizer = run_tokenizer(config, workdir)
-  model_config = loop.model_config(config, tokenizer.vocab_size)
-  model = loop.MODEL_CLASSES[config.task](model_config)
-  abstract = abstract_train_state(model, config.task, config, model_config)
+  experiment = experiment_lib.build(config, vocab_size=tokenizer.vocab_size,
+                                    mesh=one_device_mesh())
   steps = [s for s in available if s <= newest][-average_last:]
-  params = checkpoint_lib.average_params(checkpointer, steps, abstract)
+  params = checkpoint_lib.average_params(checkpointer, steps, experiment.abstract_state)
   checkpointer.close()
-  return Run(workdir, config, model_config, model, {'params': params}, tokenizer, steps)
+  return Run(workdir, config, experiment, {'params': params}, tokenizer, steps)

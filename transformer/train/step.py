@@ -1,4 +1,4 @@
-"""Pure train and eval steps, and their `jax.jit` (sharded) and `jax.pmap` wrappers.
+"""Pure train and eval steps (`transformer.train.strategy` compiles them with jit or pmap).
 
 One step function serves both: with `axis_name=None` it sees the global batch (jit over a
 mesh: XLA inserts the collectives); under pmap it sees one device's slice and sums the
@@ -9,7 +9,6 @@ every gradient-accumulation setting computes the same number.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -18,48 +17,15 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from transformer.tasks import Task
 from transformer.train import loss as loss_lib
 
 Batch = Mapping[str, jax.Array]
-TASKS = ('translation', 'lm', 'mlm', 'classification')
 
 
 class TrainState(train_state.TrainState):
   """step, params, opt_state (and the static apply_fn and tx), as a pytree."""
-
-
-def forward(model: nn.Module, params: Any, batch: Batch, task: str, *, deterministic: bool,
-            rngs: dict[str, jax.Array] | None = None):
-  """Runs the model on a batch; returns (logits, targets, weights) for the loss.
-
-  Batch keys (see transformer/data): inputs, targets, weights, and for packed rows
-  inputs_segmentation / inputs_position (and targets_* for translation); translation adds
-  decoder_inputs; classification has label [B] instead of targets.
-  """
-  variables = {'params': params}
-  kwargs = dict(deterministic=deterministic, rngs=rngs)
-  if task == 'translation':
-    logits = model.apply(
-        variables, batch['inputs'], batch['decoder_inputs'],
-        inputs_positions=batch.get('inputs_position'),
-        inputs_segment_ids=batch.get('inputs_segmentation'),
-        decoder_positions=batch.get('targets_position'),
-        decoder_segment_ids=batch.get('targets_segmentation'), **kwargs)
-    return logits, batch['targets'], batch['weights']
-  if task in ('lm', 'mlm'):
-    method = None if task == 'lm' else 'mlm_logits'
-    logits = model.apply(variables, batch['inputs'], positions=batch.get('inputs_position'),
-                         segment_ids=batch.get('inputs_segmentation'), method=method, **kwargs)
-    return logits, batch['targets'], batch['weights']
-  if task == 'classification':
-    logits = model.apply(variables, batch['inputs'], method='classify', **kwargs)
-    weights = batch.get('weights')
-    if weights is None:  # padded eval rows are all-pad
-      weights = jnp.any(batch['inputs'] != 0, axis=-1).astype(jnp.float32)
-    return logits, batch['label'], weights
-  raise ValueError(f'unknown task {task!r}; use one of {TASKS}')
 
 
 def _sum_over(axis_name: str | None, tree):
@@ -83,7 +49,7 @@ def summarise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return out
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task,
                dropout_key: jax.Array, label_smoothing: float = 0.0,
                grad_accum_steps: int = 1, learning_rate_fn: Callable | None = None,
                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -95,8 +61,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
   # Gradients of the summed token losses, divided by the global token weight once the
   # devices have added them up: the weights travel in the same all-reduce as the gradients.
   def loss_fn(params, micro, micro_key):
-    logits, targets, w = forward(model, params, micro, task, deterministic=False,
-                                 rngs={'dropout': micro_key})
+    logits, targets, w = task.forward(model, params, micro, deterministic=False,
+                                      rngs={'dropout': micro_key})
     sums = loss_lib.cross_entropy_sums(logits, targets, w, label_smoothing)
     return sums['loss_sum'], sums
 
@@ -119,13 +85,13 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: str,
     (grads, sums), _ = jax.lax.scan(
         accumulate, (zeros_grads, zero_sums),
         (jnp.arange(grad_accum_steps), micro_batches))
+  sums = {**sums, 'processed_tokens': task.processed_tokens(batch, sums)}
   grads, sums = _sum_over(axis_name, (grads, sums))
   weight_total = jnp.maximum(sums['weight_sum'], 1e-9)
   grads = jax.tree.map(lambda g: g / weight_total.astype(g.dtype), grads)
   new_state = state.apply_gradients(grads=grads)
   metrics = summarise(sums)
-  if task == 'mlm':  # the model processes every real token, not only the masked ones
-    metrics['tokens'] = _sum_over(axis_name, jnp.sum(batch['inputs'] != 0).astype(jnp.float32))
+  metrics['tokens'] = sums['processed_tokens']
   metrics['grad_norm'] = optax.global_norm(grads)
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
@@ -145,13 +111,12 @@ def _split_micro_batches(batch: Batch, n: int) -> Batch:
   return jax.tree.map(split, dict(batch))
 
 
-def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: str,
+def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: Task,
               axis_name: str | None = None) -> dict[str, jax.Array]:
   """Sums (not means) of the eval metrics on one padded batch; `summarise` them at the end."""
-  logits, targets, weights = forward(model, params, batch, task, deterministic=True)
+  logits, targets, weights = task.forward(model, params, batch, deterministic=True)
   sums = loss_lib.cross_entropy_sums(logits, targets, weights)
-  if task == 'translation':
-    sums.update(loss_lib.sequence_exact_matches(logits, targets, weights))
+  sums.update(task.eval_sums(logits, targets, weights))
   return _sum_over(axis_name, sums)
 
 
@@ -165,31 +130,3 @@ def scan_steps(train_fn: Callable) -> Callable:
   def steps(state, batches):
     return jax.lax.scan(train_fn, state, batches)
   return steps
-
-
-def jit_steps(train_fn: Callable, eval_fn: Callable, state_sharding: Any, params_sharding: Any,
-              batch_sharding: Any, replicated: Any, steps_per_call: int = 1):
-  """jit with explicit shardings; the state's buffers are donated to the update.
-
-  `steps_per_call > 1`: the train step takes batches stacked on a new leading axis (see
-  `scan_steps`), that axis unsharded.
-  """
-  train_batch_sharding = batch_sharding
-  if steps_per_call > 1:
-    train_fn = scan_steps(train_fn)
-    train_batch_sharding = NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
-  p_train = jax.jit(train_fn, in_shardings=(state_sharding, train_batch_sharding),
-                    out_shardings=(state_sharding, replicated), donate_argnums=0)
-  p_eval = jax.jit(eval_fn, in_shardings=(params_sharding, batch_sharding),
-                   out_shardings=replicated)
-  return p_train, p_eval
-
-
-def pmap_steps(train_fn: Callable, eval_fn: Callable, axis_name: str, steps_per_call: int = 1):
-  """The same steps under pmap: plain data parallelism, gradients summed by `lax.psum`."""
-  train_fn = functools.partial(train_fn, axis_name=axis_name)
-  if steps_per_call > 1:
-    train_fn = scan_steps(train_fn)
-  p_train = jax.pmap(train_fn, axis_name=axis_name, donate_argnums=0)
-  p_eval = jax.pmap(functools.partial(eval_fn, axis_name=axis_name), axis_name=axis_name)
-  return p_train, p_eval

@@ -1,17 +1,16 @@
-"""Tiny training configs and a runner for subprocesses with simulated devices.
+"""Tiny training configs, data configs and a runner for subprocesses with simulated devices.
 
-Imported by tests/train and tests/test_cli.py (tests/ is on sys.path via its conftest).
+Test modules import this as `tests.helpers`; code run in a subprocess (cwd = the repository)
+imports it the same way.
 """
 
 import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import MULTI30K, REPO
 
 
 def load_config(name: str = 'default'):
@@ -34,8 +33,9 @@ def tiny_overrides() -> dict[str, object]:
   }
 
 
-def tiny_config(**changes):
-  config = load_config('default')
+def tiny_config(name: str = 'default', **changes):
+  """A config file's config with the tiny overrides and then `changes` ('section.field')."""
+  config = load_config(name)
   for key, value in {**tiny_overrides(), **changes}.items():
     section, field = key.split('.')
     setattr(config[section], field, value)
@@ -46,9 +46,24 @@ def flag_args(overrides: dict[str, object]) -> list[str]:
   return [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
-def run_python(code: str, devices: int | None = 1, timeout: float = 300) -> str:
-  """Runs `code` in a fresh interpreter with `devices` simulated CPU devices (None: what
-  the code asks for)."""
+def multi30k_config(**overrides):
+  """The data config of a Multi30k en -> de run with a small shared vocabulary."""
+  from transformer.data import default_data_config
+  c = default_data_config()
+  c.source = 'parallel'
+  c.path = str(MULTI30K)
+  c.src_lang, c.tgt_lang = 'en', 'de'
+  c.tokenizer = 'sentencepiece'
+  c.vocab_size = 2000
+  c.max_len = 64
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def xla_env(devices: int | None = 1) -> dict[str, str]:
+  """The environment of a subprocess with `devices` simulated CPU devices (None: what the
+  code asks for), and the repository on its path."""
   env = dict(os.environ)
   # 8 simulated devices on 2 busy cores can take longer than XLA's 40 s to meet at a
   # collective; a slow test is better than an aborted one.
@@ -57,8 +72,14 @@ def run_python(code: str, devices: int | None = 1, timeout: float = 300) -> str:
                       '--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 '
                       '--xla_cpu_collective_timeout_seconds=600')
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
-  result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+  return env
+
+
+def run_python(code: str, devices: int | None = 1, timeout: float = 300) -> str:
+  """Runs `code` in a fresh interpreter (cwd = the repository) with `devices` simulated
+  CPU devices."""
+  result = subprocess.run([sys.executable, '-c', code], env=xla_env(devices), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
   if result.returncode:
     raise AssertionError(f'subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}')
   return result.stdout
@@ -66,3 +87,19 @@ def run_python(code: str, devices: int | None = 1, timeout: float = 300) -> str:
 
 def last_json_line(stdout: str):
   return json.loads(stdout.strip().splitlines()[-1])
+
+
+def task_datasets(config, task: str, **kwargs):
+  """`get_datasets` with what task `task` needs from the data config `config`."""
+  from transformer.data import get_datasets
+  from transformer.tasks import get_task
+  return get_datasets(config, get_task(task).data_needs(config), **kwargs)
+
+
+def make_trainer(config, workdir):
+  """What train.py does before `run()`: set up the process, build, hand over to a Trainer."""
+  from transformer import experiment
+  from transformer.train import process
+  from transformer.train.loop import Trainer
+  process.setup(config)
+  return Trainer(experiment.build(config, workdir))

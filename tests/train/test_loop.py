@@ -13,10 +13,9 @@ import pytest
 
 from transformer.train import metrics as metrics_lib
 from transformer.train import train_and_evaluate
-from transformer.train.loop import Trainer
 
-from train_helpers import (REPO, flag_args, last_json_line, load_config, run_python,
-                           tiny_config, tiny_overrides)
+from tests.helpers import (REPO, flag_args, last_json_line, load_config, make_trainer,
+                           run_python, tiny_config, tiny_overrides)
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +47,7 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
 @pytest.mark.parametrize('steps_per_call', [1, 4])
 def test_resume_is_bitwise_exact(tmp_path, steps_per_call):
   def run(workdir, steps):
-    trainer = Trainer(tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1,
+    trainer = make_trainer(tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1,
                                      'train.steps_per_call': steps_per_call}), workdir)
     metrics = trainer.run()
     return trainer.final_state, metrics
@@ -66,8 +65,7 @@ def test_resume_is_bitwise_exact(tmp_path, steps_per_call):
 
 STRATEGIES = """
 import json, sys
-sys.path.insert(0, 'tests')
-from train_helpers import tiny_config
+from tests.helpers import tiny_config
 from transformer.train import metrics as metrics_lib, train_and_evaluate
 out = {}
 for name, parallelism, data, steps_per_call in [
@@ -120,7 +118,7 @@ def test_steps_and_examples_compile_once(tmp_path, caplog, parallelism):
   config = tiny_config(**{'train.num_steps': 4, 'train.eval_every': 4,
                           'train.steps_per_call': 2, 'train.num_examples_to_show': 2})
   config.parallelism = parallelism
-  trainer = Trainer(config, tmp_path)
+  trainer = make_trainer(config, tmp_path)
   jax.config.update('jax_log_compiles', True)   # global: the compiling thread sees it too
   try:
     with caplog.at_level('WARNING'):
@@ -136,14 +134,12 @@ def test_steps_and_examples_compile_once(tmp_path, caplog, parallelism):
 
 SPLIT_CPU = """
 import json, sys
-sys.path.insert(0, 'tests')
-from train_helpers import tiny_config
-from transformer.train.loop import Trainer
+from tests.helpers import make_trainer, tiny_config
 config = tiny_config(**{'train.num_steps': 2})
 config.cpu_devices = 2
-trainer = Trainer(config, 'WORKDIR')
+trainer = make_trainer(config, 'WORKDIR')
 trainer.run()
-print(json.dumps({'devices': int(trainer.mesh.devices.size)}))
+print(json.dumps({'devices': int(trainer.experiment.mesh.devices.size)}))
 """
 
 
@@ -155,16 +151,13 @@ def test_cpu_devices_splits_the_cpu_unless_xla_flags_say_otherwise(tmp_path, for
 
 CONTINUE = """
 import json, sys
-sys.path.insert(0, 'tests')
-from train_helpers import tiny_config
+from tests.helpers import make_trainer, tiny_config
 from transformer.train import metrics as metrics_lib
-from transformer.train import train_and_evaluate
-from transformer.train.loop import Trainer
 config = tiny_config(**{'train.num_steps': STEPS})
 config.mesh.data = DATA
-trainer = Trainer(config, 'WORKDIR')
+trainer = make_trainer(config, 'WORKDIR')
 trainer.run()
-print(json.dumps({'devices': trainer.mesh.devices.size,
+print(json.dumps({'devices': trainer.experiment.mesh.devices.size,
                   'losses': [r['train/loss'] for r in metrics_lib.read_metrics('WORKDIR')
                              if 'train/loss' in r]}))
 """
@@ -220,14 +213,12 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
 
 UNEVEN = """
 import sys
-sys.path.insert(0, 'tests')
-from train_helpers import tiny_config
-from transformer.train.loop import Trainer
+from tests.helpers import make_trainer, tiny_config
 config = tiny_config(**{'train.num_steps': 3, 'model.vocab_size': 15})
 config.mesh.update(data=2, fsdp=2, tensor=2)
-trainer = Trainer(config, 'WORKDIR')
-embedding = trainer.state_sharding.params['source_embedding']['embedding'].spec
-kernel = trainer.state_sharding.params['encoder']['layer_0']['mlp']['wi']['kernel'].spec
+trainer = make_trainer(config, 'WORKDIR')
+embedding = trainer.experiment.state_sharding.params['source_embedding']['embedding'].spec
+kernel = trainer.experiment.state_sharding.params['encoder']['layer_0']['mlp']['wi']['kernel'].spec
 trainer.run()
 print(repr(tuple(embedding)), repr(tuple(kernel)))
 """
@@ -242,8 +233,7 @@ def test_undividable_dimensions_fall_back_to_replication(tmp_path):
 
 MULTI_PROCESS = """
 import json, sys
-sys.path.insert(0, 'tests')
-from train_helpers import tiny_config
+from tests.helpers import tiny_config
 from transformer.train import train_and_evaluate
 config = tiny_config(**{'train.num_steps': 12, 'train.eval_every': 6,
                         'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,

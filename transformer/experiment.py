@@ -1,0 +1,124 @@
+"""The experiment builder: a training config -> everything a run is made of.
+
+    experiment = build(config, workdir)        # data, model, optimizer, state shapes
+    Trainer(experiment).run()                  # transformer.train.loop
+
+`build` is the one place where a config becomes a `ModelConfig`, a model, a learning-rate
+schedule and an optimizer, the abstract train state with its shardings on the mesh, and
+the pure train and eval steps bound to the task. The trainer, `transformer.train.run`
+(the command line), the benchmarks and the notebooks all use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from transformer import sharding
+from transformer.config import ModelConfig
+from transformer.data import Datasets, get_datasets
+from transformer.tasks import Task, get_task
+from transformer.train import optimizer as optimizer_lib
+from transformer.train import step as step_lib
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
+                 ) -> ModelConfig:
+  """`ModelConfig(**config.model)`, with `vocab_size` None meaning the tokenizer's."""
+  fields = config.model.to_dict()
+  if fields.get('vocab_size') is None:
+    fields['vocab_size'] = vocab_size
+  return ModelConfig(**fields)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What `build` makes; the loop and the evaluator only execute it."""
+
+  config: ml_collections.ConfigDict
+  task: Task
+  model_config: ModelConfig
+  model: nn.Module
+  schedule: optax.Schedule
+  optimizer: optax.GradientTransformation
+  mesh: Mesh
+  state_sharding: Any          # NamedShardings of the (unboxed) TrainState
+  abstract_state: Any          # ShapeDtypeStructs carrying those shardings
+  init_state: Callable[[jax.Array], step_lib.TrainState]   # rng -> sharded fresh state
+  train_fn: Callable           # step.train_step bound to model, task and config
+  eval_fn: Callable            # step.eval_step bound likewise
+  datasets: Datasets | None = None
+  workdir: pathlib.Path | None = None
+
+  @property
+  def rng(self) -> jax.Array:
+    return jax.random.PRNGKey(self.config.seed)
+
+
+def state_initializer(model: nn.Module, task: Task, tx: optax.GradientTransformation
+                      ) -> Callable[[jax.Array], step_lib.TrainState]:
+  """rng -> TrainState with logically-annotated ("boxed") parameters and moments."""
+  def init(rng):
+    variables = model.init(rng, *task.example_inputs())
+    state = step_lib.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+    # A strongly typed step (flax starts from a Python 0): a fresh state and a restored one
+    # then share one compiled train step.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+  return init
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None, *,
+          vocab_size: int | None = None, mesh: Mesh | None = None) -> Experiment:
+  """Builds a run's pieces from its config.
+
+  Args:
+    config: a training config (`transformer.train.defaults.base_config()` and changes).
+    workdir: the run folder; with it, the data are built (or reloaded) there and the model's
+      vocabulary is the tokenizer's. Without it, no data: give `vocab_size` when the config
+      leaves the model's vocabulary to the tokenizer (benchmarks, restoring a run).
+    mesh: default: `config.mesh` over all devices.
+  """
+  task = get_task(config.task)
+  datasets = None
+  if workdir is not None:
+    datasets = get_datasets(
+        config.data, task.data_needs(config.data), workdir=workdir,
+        global_batch_size=config.train.batch_size, seed=config.seed,
+        eval_batch_size=config.train.eval_batch_size or None)
+    vocab_size = datasets.vocab_size
+  cfg = model_config(config, vocab_size)
+  if cfg.vocab_size is None:
+    raise ValueError('config.model.vocab_size is None (the tokenizer\'s), but no data were '
+                     'built: pass workdir= or vocab_size=')
+  model = task.model_class(cfg)
+  schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  tx = optimizer_lib.make_optimizer(config.optim, schedule)
+  mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
+
+  init = state_initializer(model, task, tx)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_sharding = sharding.state_shardings(boxed, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), state_sharding)
+  init_state = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_sharding)
+
+  train_fn = functools.partial(
+      step_lib.train_step, model=model, task=task,
+      dropout_key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
+      label_smoothing=config.train.label_smoothing,
+      grad_accum_steps=config.train.grad_accum_steps, learning_rate_fn=schedule)
+  eval_fn = functools.partial(step_lib.eval_step, model=model, task=task)
+  return Experiment(config=config, task=task, model_config=cfg, model=model,
+                    schedule=schedule, optimizer=tx, mesh=mesh, state_sharding=state_sharding,
+                    abstract_state=abstract, init_state=init_state, train_fn=train_fn,
+                    eval_fn=eval_fn, datasets=datasets,
+                    workdir=None if workdir is None else pathlib.Path(workdir))
