@@ -7,28 +7,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-import sacrebleu
 
 from transformer import inference
-from transformer.train import metrics as metrics_lib
 from transformer.train.run import load_run
 
 from tests.helpers import REPO, flag_args, tiny_overrides
-
-
-def test_bleu_of_a_reference_against_itself_is_100():
-  refs = ['the cat sat on the mat .', 'a man is riding a red bicycle down the street .']
-  assert metrics_lib.corpus_bleu(refs, refs) == pytest.approx(100.0)
-
-
-def test_bleu_matches_sacrebleu_on_a_known_example():
-  hyps = ['the cat is on the mat', 'there is a cat on the mat']
-  refs = ['the cat sat on the mat', 'a cat is on the mat']
-  expected = sacrebleu.corpus_bleu(hyps, [refs]).score
-  assert metrics_lib.corpus_bleu(hyps, refs) == pytest.approx(expected)
-  assert 0 < expected < 100
-  with pytest.raises(ValueError, match='hypotheses'):
-    metrics_lib.corpus_bleu(hyps, refs[:1])
 
 
 def cli(*args, stdin=''):
@@ -38,10 +21,13 @@ def cli(*args, stdin=''):
 
 @pytest.fixture(scope='module')
 def translation_workdir(tmp_path_factory):
-  """The tiny reversal model, trained for 300 steps with checkpoints at 200 and 300."""
+  """The tiny reversal model, trained until it reverses every held-out string (600 steps,
+  checkpoints at 400 and 600 kept)."""
   workdir = tmp_path_factory.mktemp('reverse')
-  overrides = {**tiny_overrides(), 'train.num_steps': 300, 'train.checkpoint_every': 100,
-               'train.eval_every': 300, 'model.d_model': 64, 'model.mlp_dim': 128}
+  overrides = {**tiny_overrides(), 'train.num_steps': 600, 'train.checkpoint_every': 200,
+               'train.eval_every': 600, 'model.d_model': 64, 'model.mlp_dim': 128,
+               'train.steps_per_call': 10, 'train.log_every': 50, 'optim.learning_rate': 5e-3,
+               'optim.warmup_steps': 30, 'optim.decay_steps': 600}
   result = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}',
                            *flag_args(overrides)], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
@@ -57,27 +43,28 @@ def test_translate_evaluate_and_average_round_trip(translation_workdir):
                stdin='\n'.join(sources) + '\n')
   assert result.returncode == 0, result.stderr[-3000:]
   outputs = result.stdout.splitlines()
+  assert outputs == [s[::-1] for s in sources]      # the default task reverses its input
   run = load_run(translation_workdir)
   assert outputs == inference.translate_texts(run.model, run.params, run.tokenizer, sources,
                                               beam_size=4)
-  assert all(set(o) <= set('0123456789') for o in outputs) and any(outputs)
   greedy = cli('translate', '--workdir', workdir, '--beam_size', '1',
                stdin='\n'.join(sources) + '\n')
-  assert greedy.returncode == 0 and len(greedy.stdout.splitlines()) == 3
+  assert greedy.returncode == 0 and greedy.stdout.splitlines() == outputs
 
   result = cli('evaluate', '--workdir', workdir, '--split', 'test', '--average_last', '2')
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads(result.stdout[result.stdout.index('{'):])
-  assert metrics['checkpoint_steps'] == [200, 300]
-  assert metrics['test/accuracy'] > 0.5 and 'test/bleu' in metrics
+  assert metrics['checkpoint_steps'] == [400, 600]
+  assert metrics['test/accuracy'] > 0.99 and metrics['test/exact_match'] > 0.99
+  assert 'test/bleu' in metrics    # (one-word digit strings: no 4-grams, so BLEU is 0)
 
 
 @pytest.mark.slow
 def test_average_of_checkpoints_is_their_mean(translation_workdir):
   newest = load_run(translation_workdir)
-  older = load_run(translation_workdir, step=200)
+  older = load_run(translation_workdir, step=400)
   average = load_run(translation_workdir, average_last=2)
-  assert newest.steps == [300] and average.steps == [200, 300]
+  assert newest.steps == [600] and average.steps == [400, 600]
   for a, b, m in zip(jax.tree.leaves(newest.params), jax.tree.leaves(older.params),
                      jax.tree.leaves(average.params)):
     np.testing.assert_allclose(m, (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6, atol=1e-7)
@@ -133,4 +120,5 @@ def test_generate_round_trip_and_errors(lm_workdir):
   evaluated = cli('evaluate', '--workdir', str(lm_workdir))
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   metrics = json.loads(evaluated.stdout[evaluated.stdout.index('{'):])
-  assert metrics['eval/perplexity'] < 65 and 'eval/bleu' not in metrics
+  # 5 characters; a unigram model scores exp(H) = 4.5, the sequence is predictable: ~1.
+  assert metrics['eval/perplexity'] < 2.0 and 'eval/bleu' not in metrics

@@ -13,6 +13,7 @@ import pytest
 
 from transformer.train import metrics as metrics_lib
 from transformer.train import train_and_evaluate
+from transformer.train.run import load_run
 
 from tests.helpers import (REPO, flag_args, last_json_line, load_config, make_trainer,
                            run_python, tiny_config, tiny_overrides)
@@ -44,6 +45,25 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   assert any((workdir / 'tensorboard').iterdir())
 
 
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
+  """Run twice into two workdirs with one --compilation_cache: the first run fills it, the
+  second finds every program there (a miss would write a new entry)."""
+  cache = tmp_path / 'xla'
+  overrides = {**tiny_overrides(), 'train.num_steps': 4, 'train.num_examples_to_show': 1}
+  # Cache every program, however fast it compiles (the default skips those under 1 s).
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  entries = []
+  for run in ('first', 'second'):
+    result = subprocess.run(
+        [sys.executable, 'train.py', f'--workdir={tmp_path / run}', f'--compilation_cache={cache}',
+         *flag_args(overrides)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries.append({p.name: p.stat().st_mtime_ns for p in cache.iterdir()})
+  assert len(entries[0]) >= 3                 # train and eval steps, the examples' decoding
+  assert entries[1] == entries[0]             # nothing recompiled, nothing rewritten
+
+
 @pytest.mark.parametrize('steps_per_call', [1, 4])
 def test_resume_is_bitwise_exact(tmp_path, steps_per_call):
   def run(workdir, steps):
@@ -61,6 +81,51 @@ def test_resume_is_bitwise_exact(tmp_path, steps_per_call):
   assert straight_metrics == resumed_metrics
   losses = lambda d: [r['train/loss'] for r in metrics_lib.read_metrics(d) if 'train/loss' in r]
   assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+
+
+RESUME_PMAP = """
+import json
+import jax
+import numpy as np
+from tests.helpers import make_trainer, tiny_config
+def run(workdir, steps):
+  config = tiny_config(**{'train.num_steps': steps, 'model.dropout_rate': 0.1,
+                          'train.steps_per_call': 2})
+  config.parallelism = 'pmap'
+  trainer = make_trainer(config, workdir)
+  metrics = trainer.run()
+  return trainer.final_state, metrics
+straight, straight_metrics = run('TMP/straight', 12)
+run('TMP/resumed', 6)
+resumed, resumed_metrics = run('TMP/resumed', 12)
+same = all(np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)))
+print(json.dumps({'devices': jax.device_count(), 'same': same,
+                  'metrics': [straight_metrics, resumed_metrics]}))
+"""
+
+
+def test_resume_under_pmap_on_two_devices_is_bitwise_exact(tmp_path):
+  out = last_json_line(run_python(RESUME_PMAP.replace('TMP', str(tmp_path)), devices=2))
+  assert out['devices'] == 2 and out['same']
+  assert out['metrics'][0] == out['metrics'][1]
+  losses = lambda d: [r['train/loss'] for r in metrics_lib.read_metrics(d) if 'train/loss' in r]
+  assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+
+
+def test_classification_trains_to_high_accuracy(tmp_path):
+  """Synthetic strings labelled with their largest symbol (10 classes): chance is far
+  below 0.5, and the label needs every position."""
+  config = tiny_config(**{'model.num_classes': 10, 'train.num_steps': 150,
+                          'train.eval_every': 150, 'train.checkpoint_every': 150,
+                          'train.steps_per_call': 10, 'train.log_every': 10,
+                          'optim.decay_steps': 150})
+  config.task = 'classification'
+  metrics = train_and_evaluate(config, tmp_path)
+  records = metrics_lib.read_metrics(tmp_path)
+  first = next(r for r in records if 'train/accuracy' in r)
+  assert first['train/accuracy'] < 0.5
+  assert metrics['eval/accuracy'] > 0.95
 
 
 STRATEGIES = """
@@ -206,9 +271,16 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
        f'--compilation_cache={tmp_path / "xla"}', *flag_args(overrides)],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert any((tmp_path / 'xla').iterdir())   # the train step was cached for the next run
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps[-1] == saved_step + 5
+  # The interrupted run ends exactly where an uninterrupted one does.
+  straight = subprocess.run(
+      [sys.executable, 'train.py', f'--workdir={tmp_path / "straight"}', *flag_args(overrides)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  resumed_params, straight_params = (load_run(d).params for d in (workdir, tmp_path / 'straight'))
+  for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 UNEVEN = """
@@ -235,6 +307,7 @@ MULTI_PROCESS = """
 import json, sys
 from tests.helpers import tiny_config
 from transformer.train import train_and_evaluate
+from transformer.train.run import load_run
 config = tiny_config(**{'train.num_steps': 12, 'train.eval_every': 6,
                         'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,
                         'train.eval_bleu': True, 'train.bleu_examples': 8})
@@ -244,6 +317,31 @@ metrics = train_and_evaluate(config, 'WORKDIR')
 import jax
 print(json.dumps({'process': jax.process_index(), 'processes': jax.process_count(),
                   'devices': jax.device_count(), 'metrics': metrics}))
+"""
+
+
+ONE_PROCESS_REFERENCE = """
+import json
+import numpy as np
+from tests.helpers import tiny_config
+from transformer import experiment
+from transformer.data import get_datasets
+from transformer.train.strategy import JitStrategy
+# What the two processes train together: one process with their two devices, fed the
+# concatenation of the two processes' shards of each global batch.
+config = tiny_config(**{'train.num_steps': 12})
+exp = experiment.build(config, 'WORKDIR')
+needs = exp.task.data_needs(config.data)
+shards = [get_datasets(config.data, needs, workdir='WORKDIR', global_batch_size=16, seed=0,
+                       process_index=p, process_count=2).train_iter() for p in range(2)]
+strategy = JitStrategy(exp.mesh, exp.state_sharding, exp.train_fn, exp.eval_fn)
+state, losses = exp.init_state(exp.rng), []
+for _ in range(12):
+  parts = [next(it) for it in shards]
+  batch = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+  state, metrics = strategy.train(state, strategy.put_batch(batch))
+  losses.append(float(metrics['loss']))
+print(json.dumps(losses))
 """
 
 
@@ -271,9 +369,12 @@ def test_two_processes_train_one_run_together(tmp_path):
   records = metrics_lib.read_metrics(tmp_path)
   assert [r['step'] for r in records if 'eval/loss' in r] == [6, 12]   # written once
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
-  assert len(losses) == 12 and losses[-1] < losses[0]
+  assert len(losses) == 12
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [6, 12]
+  reference = last_json_line(run_python(
+      ONE_PROCESS_REFERENCE.replace('WORKDIR', str(tmp_path / 'reference')), devices=2))
+  np.testing.assert_allclose(losses, reference, rtol=1e-5)
 
 
 def test_encoder_mlm_config_trains_on_a_local_text_file(tmp_path):
