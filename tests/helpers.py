@@ -7,6 +7,7 @@ imports it the same way.
 import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -103,3 +104,23 @@ def make_trainer(config, workdir):
   from transformer.train.loop import Trainer
   process.setup(config)
   return Trainer(experiment.build(config, workdir))
+
+
+def train_py(workdir, overrides: dict, *, cache=None, config: str | None = None,
+             env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python train.py` into `workdir` (a fresh process, as a user runs it); `cache`:
+  its --compilation_cache (None: the tests' shared cache from the environment)."""
+  env = dict(os.environ if env is None else env)
+  args = [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)]
+  if config:
+    args.insert(2, f'--config={config}')
+  if cache is not None:
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)   # the flag's directory, not the tests' own
+    args.append(f'--compilation_cache={cache}')
+  return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())

@@ -11,7 +11,7 @@ import pytest
 from transformer import inference
 from transformer.train.run import load_run
 
-from tests.helpers import REPO, flag_args, tiny_overrides
+from tests.helpers import REPO, tiny_overrides, train_py
 
 
 def cli(*args, stdin=''):
@@ -28,9 +28,7 @@ def translation_workdir(tmp_path_factory):
                'train.eval_every': 600, 'model.d_model': 64, 'model.mlp_dim': 128,
                'train.steps_per_call': 10, 'train.log_every': 50, 'optim.learning_rate': 5e-3,
                'optim.warmup_steps': 30, 'optim.decay_steps': 600}
-  result = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}',
-                           *flag_args(overrides)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+  result = train_py(workdir, overrides, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
@@ -93,9 +91,7 @@ def lm_workdir(tmp_path_factory):
       'train.num_steps': 60, 'train.batch_size': 8, 'train.eval_every': 60,
       'train.checkpoint_every': 60, 'train.num_examples_to_show': 1, 'train.eval_batches': 2,
   }
-  result = subprocess.run([sys.executable, 'train.py', '--config=configs/shakespeare_char.py',
-                           f'--workdir={workdir}', *flag_args(overrides)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = train_py(workdir, overrides, config='configs/shakespeare_char.py', timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'sample:' in result.stdout
   return workdir

@@ -15,8 +15,8 @@ from transformer.train import metrics as metrics_lib
 from transformer.train import train_and_evaluate
 from transformer.train.run import load_run
 
-from tests.helpers import (REPO, flag_args, last_json_line, load_config, make_trainer,
-                           run_python, tiny_config, tiny_overrides)
+from tests.helpers import (REPO, checkpoint_steps, flag_args, last_json_line, load_config,
+                           make_trainer, run_python, tiny_config, tiny_overrides, train_py)
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +25,7 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   workdir = tmp_path / 'run'
   overrides = {**tiny_overrides(), 'train.num_steps': 120, 'train.eval_every': 40,
                'train.checkpoint_every': 60, 'train.steps_per_call': 8}
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  result = subprocess.run(
-      [sys.executable, 'train.py', f'--workdir={workdir}',
-       f'--compilation_cache={tmp_path / "xla"}', *flag_args(overrides)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  result = train_py(workdir, overrides, cache=tmp_path / 'xla')
   assert result.returncode == 0, result.stderr[-3000:]
   assert any((tmp_path / 'xla').iterdir())   # the train step was cached for the next run
   assert 'final eval' in result.stdout
@@ -39,8 +35,7 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   assert evals[-1]['eval/accuracy'] > evals[0]['eval/accuracy'] + 0.05
   train = [r for r in records if 'train/loss' in r]
   assert train[-1]['step'] == 120 and 'train/tokens_per_sec' in train[-1]
-  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
-                if p.name.isdigit()) == [60, 120]
+  assert checkpoint_steps(workdir) == [60, 120]
   assert json.loads((workdir / 'config.json').read_text())['train']['num_steps'] == 120
   assert any((workdir / 'tensorboard').iterdir())
 
@@ -51,13 +46,10 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   cache = tmp_path / 'xla'
   overrides = {**tiny_overrides(), 'train.num_steps': 4, 'train.num_examples_to_show': 1}
   # Cache every program, however fast it compiles (the default skips those under 1 s).
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   entries = []
   for run in ('first', 'second'):
-    result = subprocess.run(
-        [sys.executable, 'train.py', f'--workdir={tmp_path / run}', f'--compilation_cache={cache}',
-         *flag_args(overrides)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = train_py(tmp_path / run, overrides, cache=cache, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     entries.append({p.name: p.stat().st_mtime_ns for p in cache.iterdir()})
   assert len(entries[0]) >= 3                 # train and eval steps, the examples' decoding
@@ -162,8 +154,7 @@ def test_steps_per_call_trains_the_same_and_stops_at_every_eval_and_checkpoint(t
                             'train.checkpoint_every': 6, 'train.steps_per_call': steps_per_call})
     metrics = train_and_evaluate(config, workdir)
     records = metrics_lib.read_metrics(workdir)
-    steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-    return metrics, records, steps
+    return metrics, records, checkpoint_steps(workdir)
 
   metrics, records, steps = run(tmp_path / 'one', 1)
   scan_metrics, scan_records, scan_steps = run(tmp_path / 'five', 5)   # calls of 4, 2, 2, 3
@@ -261,22 +252,14 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   assert process.returncode == 0, stderr[-3000:]
   assert 'preempted: checkpoint saved at step' in stdout
   saved_step = int(stdout.split('checkpoint saved at step')[1].split()[0])
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps[-1] == saved_step > 0
+  assert checkpoint_steps(workdir)[-1] == saved_step > 0
 
   overrides['train.num_steps'] = saved_step + 5
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  result = subprocess.run(
-      [sys.executable, 'train.py', f'--workdir={workdir}',
-       f'--compilation_cache={tmp_path / "xla"}', *flag_args(overrides)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  result = train_py(workdir, overrides)
   assert result.returncode == 0, result.stderr[-3000:]
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps[-1] == saved_step + 5
+  assert checkpoint_steps(workdir)[-1] == saved_step + 5
   # The interrupted run ends exactly where an uninterrupted one does.
-  straight = subprocess.run(
-      [sys.executable, 'train.py', f'--workdir={tmp_path / "straight"}', *flag_args(overrides)],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  straight = train_py(tmp_path / 'straight', overrides)
   assert straight.returncode == 0, straight.stderr[-3000:]
   resumed_params, straight_params = (load_run(d).params for d in (workdir, tmp_path / 'straight'))
   for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):
@@ -370,8 +353,7 @@ def test_two_processes_train_one_run_together(tmp_path):
   assert [r['step'] for r in records if 'eval/loss' in r] == [6, 12]   # written once
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
   assert len(losses) == 12
-  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps == [6, 12]
+  assert checkpoint_steps(tmp_path) == [6, 12]
   reference = last_json_line(run_python(
       ONE_PROCESS_REFERENCE.replace('WORKDIR', str(tmp_path / 'reference')), devices=2))
   np.testing.assert_allclose(losses, reference, rtol=1e-5)
