@@ -157,3 +157,101 @@ def test_bad_shapes_are_rejected():
   q, k, v = random_qkv(6, n=4, k=3)
   with pytest.raises(ValueError, match='do not divide'):
     attn.dot_product_attention(q, k, v)
+
+
+# ---------------------------------------------------------------------------------------
+# The fused path (jax.nn.dot_product_attention) with our masks, through the models.
+# ---------------------------------------------------------------------------------------
+
+def _padded(tokens, lengths):
+  """Right padding: row b keeps its first lengths[b] tokens."""
+  return jnp.where(jnp.arange(tokens.shape[1]) < jnp.asarray(lengths)[:, None], tokens, 0)
+
+
+def _model_and_inputs(kind):
+  import transformer as tfm
+  cfg = tfm.tiny(vocab_size=30, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                 max_len=16, num_classes=3)
+  src = jax.random.randint(jax.random.PRNGKey(3), (3, 9), 1, 30)
+  tgt = jax.random.randint(jax.random.PRNGKey(4), (3, 7), 1, 30)
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1], [1, 1, 2, 2, 3, 3, 0]])
+  positions = jnp.array([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1, 0]])
+  kwargs = {}
+  if kind == 'lm causal':                       # causal only: no padding
+    model, args = tfm.DecoderLM(cfg), (tgt,)
+  elif kind == 'lm causal + padding':
+    model, args = tfm.DecoderLM(cfg), (_padded(tgt, [7, 4, 1]),)
+  elif kind == 'lm packed':                     # segment ids: a dense mask
+    model, args = tfm.DecoderLM(cfg), (tgt * (segments > 0),)
+    kwargs = dict(segment_ids=segments, positions=positions)
+  elif kind == 'encoder padding':
+    model, args = tfm.EncoderModel(cfg), (_padded(src, [9, 5, 2]),)
+  elif kind == 'encoder-decoder padding':       # padding on both sides, cross-attention
+    model, args = tfm.Transformer(cfg), (_padded(src, [9, 5, 2]), _padded(tgt, [7, 3, 6]))
+  else:
+    raise ValueError(kind)
+  return cfg, model, args, kwargs
+
+
+@pytest.mark.parametrize('kind', ['lm causal', 'lm causal + padding', 'lm packed',
+                                  'encoder padding', 'encoder-decoder padding'])
+def test_fused_path_gives_the_einsum_paths_outputs_and_gradients(kind):
+  """attention_impl='xla' (jax.nn.dot_product_attention on CPU) against the einsum path:
+  structured masks go as is_causal / sequence lengths, packed rows as a dense mask."""
+  cfg, model, args, kwargs = _model_and_inputs(kind)
+  fused = type(model)(model.config.replace(attention_impl='xla'))
+  params = model.init(jax.random.PRNGKey(0), *args, **kwargs)['params']
+
+  def loss(m, p):
+    out = m.apply({'params': p}, *args, **kwargs)
+    return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)), out
+
+  (value, out), grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(params)
+  (fused_value, fused_out), fused_grads = jax.jit(
+      jax.value_and_grad(lambda p: loss(fused, p), has_aux=True))(params)
+  for a, b in zip(jax.tree.leaves(fused_out), jax.tree.leaves(out)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fused_value, value, rtol=1e-5)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
+  for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(grads)):
+    assert float(jnp.abs(a - b).max()) <= 1e-5 * scale
+
+
+def test_structured_masks_reach_jax_as_causal_and_lengths(monkeypatch):
+  """The fused call gets is_causal and sequence lengths (no dense mask) when the mask is
+  causal and/or end-of-row padding, and a dense mask for packed rows."""
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def spy(*args, **kwargs):
+    calls.append({k: kwargs.get(k) is not None and kwargs.get(k) is not False
+                  for k in ('mask', 'is_causal', 'query_seq_lengths', 'key_value_seq_lengths')})
+    return real(*args, **kwargs)
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', spy)
+  for kind, expected in [
+      ('lm causal + padding', {'mask': False, 'is_causal': True, 'query_seq_lengths': False,
+                               'key_value_seq_lengths': True}),
+      ('encoder padding', {'mask': False, 'is_causal': False, 'query_seq_lengths': True,
+                           'key_value_seq_lengths': True}),
+      ('lm packed', {'mask': True, 'is_causal': False, 'query_seq_lengths': False,
+                     'key_value_seq_lengths': False})]:
+    calls.clear()
+    cfg, model, args, kwargs = _model_and_inputs(kind)
+    fused = type(model)(cfg.replace(attention_impl='xla'))
+    fused.init(jax.random.PRNGKey(0), *args, **kwargs)
+    assert calls and all(c == expected for c in calls), (kind, calls)
+
+
+def test_cudnn_refuses_a_dense_mask_with_a_clear_error():
+  q = k = v = jnp.ones((1, 4, 2, 8))
+  dense = attn.AttentionMask(jnp.ones((1, 1, 4, 4), bool))   # e.g. packed rows
+  with pytest.raises(ValueError, match="takes causal and end-of-row padding.*'auto'"):
+    attn.dot_product_attention(q, k, v, dense, implementation='cudnn')
+
+
+def test_auto_uses_the_einsum_path_off_gpus():
+  q = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 8))
+  mask = attn.padding_attention_mask(jnp.ones((2, 5), bool), jnp.ones((2, 5), bool),
+                                     causal=True)
+  np.testing.assert_array_equal(attn.dot_product_attention(q, q, q, mask, implementation='auto'),
+                                attn.dot_product_attention(q, q, q, mask))

@@ -218,3 +218,17 @@ def test_translate_beam_scores_are_length_penalised_log_probs(encdec, sources,
   log_probs, lengths = sequence_log_probs(model, params, np.repeat(sources, beam, 0), flat, eos)
   np.testing.assert_allclose(scores.ravel(), log_probs / ((5 + lengths) / 6) ** alpha,
                              rtol=1e-4)
+
+
+def test_scanned_models_decode_as_their_unscanned_layout(encdec, sources, translated_greedy):
+  """Decoding takes scanned parameters: it runs them unscanned, with the same tokens."""
+  from flax import linen as nn
+  from transformer import models
+  model, params = encdec
+  scanned = tf.Transformer(model.config.replace(scan_layers=True))
+  stacked = {'params': models.scan_params(nn.meta.unbox(params)['params'])}
+  tokens = inference.translate_greedy(scanned, stacked, sources, max_decode_len=9)
+  np.testing.assert_array_equal(tokens, translated_greedy)
+  with pytest.raises(ValueError, match='unscanned'):
+    scanned.apply(stacked, None, sources, sources[:, :1], cache=scanned.init_cache(3, 4),
+                  method=scanned.decode)

@@ -11,6 +11,7 @@ from flax import linen as nn
 import transformer as tf
 from tests import reference
 from transformer import config as config_lib
+from transformer import models
 
 RNG = jax.random.PRNGKey(0)
 
@@ -183,7 +184,8 @@ def reference_error(actual, expected):
   return np.abs(actual - expected).max() / np.abs(expected).max()
 
 
-@pytest.mark.parametrize('changes', OPTIONS, ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()) or 'paper')
+@pytest.mark.parametrize('changes', OPTIONS,
+                         ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()) or 'paper')
 def test_encoder_decoder_matches_the_reference_and_stays_causal(changes):
   cfg = tf.tiny(vocab_size=40, max_len=16, **changes)
   model = tf.Transformer(cfg)
@@ -238,18 +240,105 @@ def test_tied_output_is_the_embedding_transposed():
   np.testing.assert_allclose(logits, hidden @ table.T, rtol=1e-5, atol=1e-5)
 
 
-def test_remat_gives_the_same_values_and_gradients():
-  cfg = tf.tiny(vocab_size=40, dropout_rate=0.1)
-  src, tgt = tokens(9, (2, 6)), tokens(10, (2, 5))
-  plain, remat = tf.Transformer(cfg), tf.Transformer(cfg.replace(remat=True))
-  params = plain.init(RNG, src, tgt)
-  loss = lambda m: lambda p: m.apply(p, src, tgt, deterministic=False,
-                                     rngs={'dropout': jax.random.PRNGKey(1)}).sum()
-  np.testing.assert_allclose(jax.jit(loss(remat))(params), jax.jit(loss(plain))(params),
-                             rtol=1e-5)
-  g1, g2 = jax.grad(loss(plain))(params), jax.grad(loss(remat))(params)
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+SMALL = dict(vocab_size=40, d_model=32, num_heads=4, mlp_dim=64, num_layers=3, max_len=16)
+
+
+def family(kind, cfg):
+  """(model, inputs, loss of the parameters) for one family, dropout on when asked."""
+  src, tgt = tokens(21, (2, 7), cfg.vocab_size), tokens(22, (2, 6), cfg.vocab_size)
+  if kind == 'encdec':
+    model, args = tf.Transformer(cfg), (src, tgt)
+  elif kind == 'lm':
+    model, args = tf.DecoderLM(cfg), (tgt,)
+  else:
+    model, args = tf.EncoderModel(cfg.replace(num_classes=3)), (src,)
+
+  def loss(params, rng=None):
+    out = model.apply({'params': params}, *args, deterministic=rng is None,
+                      rngs=None if rng is None else {'dropout': rng})
+    return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out))
+  return model, args, loss
+
+
+def assert_trees_close(a, b, rtol=1e-5):
+  """Each leaf within `rtol` of the other, relative to the leaf's largest value (float32
+  sums in another order differ by rounding in their smallest elements), or to the whole
+  tree's for leaves that are zero up to rounding (e.g. the gradient of a key bias, which
+  the softmax cancels)."""
+  scale = max(float(np.abs(np.asarray(y)).max()) for y in jax.tree.leaves(b))
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    error = np.abs(x - y).max() / max(np.abs(y).max(), 1e-2 * scale)
+    assert error < rtol, (jax.tree_util.keystr(path), error)
+
+
+@pytest.mark.parametrize('kind', ['encdec', 'lm', 'encoder'])
+def test_scanned_layers_equal_unrolled_layers(kind):
+  """Same parameters in the two layouts: the same loss and gradients (dropout off)."""
+  cfg = tf.tiny(**SMALL)
+  model, args, loss = family(kind, cfg)
+  scanned_model, _, scanned_loss = family(kind, cfg.replace(scan_layers=True))
+  params = nn.meta.unbox(model.init(RNG, *args))['params']
+  stacked = models.scan_params(params)
+  scanned_init = nn.meta.unbox(scanned_model.init(RNG, *args))['params']
+  assert jax.tree.structure(stacked) == jax.tree.structure(scanned_init)
+  assert models.is_scanned(stacked) and not models.is_scanned(params)
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  scanned_value, scanned_grads = jax.jit(jax.value_and_grad(scanned_loss))(stacked)
+  np.testing.assert_allclose(scanned_value, value, rtol=1e-5)
+  assert_trees_close(models.unscan_params(scanned_grads), grads)
+  # The conversions are exact inverses.
+  jax.tree.map(np.testing.assert_array_equal, models.unscan_params(stacked), params)
+
+
+def test_scanned_parameters_carry_the_layers_axis_name():
+  cfg = tf.tiny(**SMALL, scan_layers=True)
+  model, args, _ = family('lm', cfg)
+  boxed = jax.eval_shape(model.init, RNG, *args)['params']
+  kernel = boxed['decoder']['layers']['mlp']['wi']['kernel']
+  assert kernel.names == ('layers', 'embed', 'mlp') and kernel.value.shape == (3, 32, 64)
+
+
+def test_scanned_layers_drop_out_differently_per_layer():
+  """Dropout keys are split per layer: a scanned model with dropout matches neither an
+  all-layers-the-same-mask version nor itself with another key."""
+  cfg = tf.tiny(**SMALL, dropout_rate=0.3, scan_layers=True)
+  model, args, loss = family('lm', cfg)
+  params = nn.meta.unbox(model.init(RNG, *args))['params']
+  a = loss(params, jax.random.PRNGKey(1))
+  assert a != loss(params, jax.random.PRNGKey(2)) and a != loss(params)
+
+
+REMAT_CFG = dict(SMALL, num_layers=2, dropout_rate=0.1)
+
+
+@pytest.fixture(scope='module', params=[False, True], ids=['unrolled', 'scanned'])
+def without_remat(request):
+  """(config, parameters, value and gradients without remat, with dropout)."""
+  cfg = tf.tiny(**REMAT_CFG, scan_layers=request.param)
+  model, args, loss = family('lm', cfg)
+  params = nn.meta.unbox(model.init(RNG, *args))['params']
+  return cfg, params, jax.jit(jax.value_and_grad(loss))(params, jax.random.PRNGKey(1))
+
+
+@pytest.mark.parametrize('policy', [p for p in config_lib.REMAT_POLICIES if p != 'none'])
+def test_remat_policies_give_the_same_values_and_gradients(policy, without_remat):
+  cfg, params, (value, grads) = without_remat
+  _, _, remat_loss = family('lm', cfg.replace(remat_policy=policy))
+  remat_value, remat_grads = jax.jit(jax.value_and_grad(remat_loss))(params,
+                                                                      jax.random.PRNGKey(1))
+  np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+  assert_trees_close(remat_grads, grads)
+
+
+def test_remat_recomputes_in_the_backward_pass():
+  """'full' remat shows up in the backward program as recomputed forward work."""
+  cfg = tf.tiny(**SMALL)
+  model, args, loss = family('lm', cfg)
+  _, _, remat_loss = family('lm', cfg.replace(remat_policy='full'))
+  params = nn.meta.unbox(model.init(RNG, *args))['params']
+  count = lambda fn: str(jax.make_jaxpr(jax.grad(fn))(params)).count('remat')
+  assert count(loss) == 0 and count(remat_loss) >= cfg.num_layers
 
 
 def test_dropout_changes_training_outputs_only():

@@ -14,15 +14,16 @@ parameters (`attention.MultiHeadAttention`, `layers.*`, `models.*`); `ModelConfi
 """
 
 from transformer import attention, config, decode, layers, models, positional
-from transformer.attention import (MultiHeadAttention, dot_product_attention, make_causal_mask,
-                                   make_padding_mask, make_segment_mask)
+from transformer.attention import (AttentionMask, MultiHeadAttention, dot_product_attention,
+                                   make_causal_mask, make_padding_mask, make_segment_mask)
 from transformer.config import ModelConfig, paper_base, paper_big, tiny
 from transformer.models import DecoderLM, EncoderModel, Transformer
 from transformer.positional import apply_rope, sinusoidal_encoding
 
 __all__ = [
     'attention', 'config', 'decode', 'layers', 'models', 'positional',
-    'MultiHeadAttention', 'dot_product_attention', 'make_causal_mask', 'make_padding_mask',
+    'AttentionMask', 'MultiHeadAttention', 'dot_product_attention', 'make_causal_mask',
+    'make_padding_mask',
     'make_segment_mask', 'ModelConfig', 'paper_base', 'paper_big', 'tiny', 'DecoderLM',
     'EncoderModel', 'Transformer', 'apply_rope', 'sinusoidal_encoding',
 ]

@@ -7,15 +7,21 @@ heads, K key/value heads (K divides N: N = K for the paper's multi-head attentio
 multi-query, anything between for grouped-query), H head width, D model width.
 
 Masks are boolean, True = may attend, broadcastable to [B, N, T, S] and combined with `&`.
+The models pass an `AttentionMask`: the dense mask and, when it is only causal and/or
+padding at the end of rows, that structure, which fused kernels take instead (cuDNN's
+flash attention is happiest with `is_causal` and sequence lengths; see
+`dot_product_attention`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, Int
 
 from transformer import positional
@@ -51,6 +57,45 @@ def make_segment_mask(query_segments: Int[Array, "B T"], key_segments: Int[Array
   return query_segments[:, None, :, None] == key_segments[:, None, None, :]
 
 
+@flax.struct.dataclass
+class AttentionMask:
+  """A dense boolean mask, and the structure that produced it when fused kernels can use it.
+
+  `structured=True` promises that `dense` is exactly: causal (if `is_causal`), keys
+  s < `key_lengths[b]` (if given), queries t < `query_lengths[b]` (if given). That holds
+  for rows whose padding is all at the end (right padding: our evaluation batches, the
+  sources `inference` pads, unpacked training rows). Packed rows (segment ids) and
+  left-padded prompts are not structured: they need the dense mask.
+  """
+  dense: Bool[Array, "#B #N #T #S"]
+  query_lengths: Int[Array, "B"] | None = None
+  key_lengths: Int[Array, "B"] | None = None
+  is_causal: bool = flax.struct.field(pytree_node=False, default=False)
+  structured: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def __and__(self, other: Array) -> 'AttentionMask':
+    """A further dense condition (e.g. segments): the result is no longer structured."""
+    return AttentionMask(self.dense & other)
+
+
+def padding_attention_mask(query_valid: Bool[Array, "B T"], key_valid: Bool[Array, "B S"], *,
+                           causal: bool = False, mask_queries: bool = True) -> AttentionMask:
+  """Keys (and with `mask_queries`, queries) that are real tokens, optionally causal.
+
+  The structured form counts each row's real tokens, which is exact when a row's padding
+  comes after its tokens.
+  """
+  dense = key_valid[:, None, None, :]
+  if mask_queries:
+    dense = dense & query_valid[:, None, :, None]
+  if causal:
+    dense = dense & make_causal_mask(query_valid.shape[1], key_valid.shape[1])
+  return AttentionMask(
+      dense,
+      query_lengths=query_valid.sum(-1).astype(jnp.int32) if mask_queries else None,
+      key_lengths=key_valid.sum(-1).astype(jnp.int32), is_causal=causal, structured=True)
+
+
 def _check_shapes(query: Array, key: Array, value: Array) -> None:
   if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
     raise ValueError('query, key and value must be [B, T, N, H] / [B, S, K, H]; got '
@@ -68,7 +113,7 @@ def dot_product_attention(
     query: Float[Array, "B T N H"],
     key: Float[Array, "B S K H"],
     value: Float[Array, "B S K H"],
-    mask: Bool[Array, "#B #N #T #S"] | None = None,
+    mask: Bool[Array, "#B #N #T #S"] | AttentionMask | None = None,
     *,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -83,19 +128,31 @@ def dot_product_attention(
 
   Args:
     query, key, value: see the module docstring; K must divide N.
-    mask: boolean, True = may attend, broadcastable to [B, N, T, S].
+    mask: boolean, True = may attend, broadcastable to [B, N, T, S]; or an
+      `AttentionMask`, whose structure the fused implementations use when it has one.
     dropout_rate: probability of dropping an attention weight (paper: P_drop on sub-layer
       outputs; attention dropout is the common addition of the tensor2tensor code).
     dropout_rng: PRNG key, required when dropping.
     deterministic: no dropout when True.
     implementation: None for the einsum implementation below (any backend, dropout,
       weights); 'xla' or 'cudnn' to call `jax.nn.dot_product_attention` (cuDNN's fused
-      flash attention on NVIDIA GPUs, bfloat16/float16 inputs).
+      flash attention on NVIDIA GPUs, bfloat16/float16 inputs); 'auto': 'cudnn' on a GPU
+      when the mask is structured, else None. A structured `AttentionMask` goes to
+      `jax.nn.dot_product_attention` as `is_causal` and sequence lengths; any other mask
+      goes as a dense mask with 'xla', and is refused with 'cudnn' (dense boolean masks
+      are the case reported to fail there, jax-ml/jax#28974): use 'xla', None or 'auto'
+      for packed rows.
     return_weights: also return the [B, N, T, S] attention weights (einsum route only).
   """
   _check_shapes(query, key, value)
+  structure = mask if isinstance(mask, AttentionMask) else None
+  if structure is not None:
+    mask = structure.dense
+  if implementation == 'auto':
+    fusable = structure is not None and structure.structured
+    implementation = 'cudnn' if jax.default_backend() == 'gpu' and fusable else None
   if implementation is not None:
-    return _library_attention(query, key, value, mask, implementation,
+    return _library_attention(query, key, value, mask, structure, implementation,
                               dropout_rate=0.0 if deterministic else dropout_rate,
                               return_weights=return_weights)
   b, t, n, h = query.shape
@@ -123,9 +180,13 @@ def dot_product_attention(
   return (out, weights) if return_weights else out
 
 
-def _library_attention(query, key, value, mask, implementation, *, dropout_rate,
+def _library_attention(query, key, value, mask, structure, implementation, *, dropout_rate,
                        return_weights):
-  """Routes to `jax.nn.dot_product_attention`, keeping our fully-masked-row semantics."""
+  """Routes to `jax.nn.dot_product_attention`, keeping our fully-masked-row semantics.
+
+  A structured mask goes as `is_causal` and sequence lengths; others as a dense mask
+  ('xla' only).
+  """
   if implementation not in ('xla', 'cudnn'):
     raise ValueError(f"implementation must be None, 'xla' or 'cudnn'; got {implementation!r}")
   if return_weights:
@@ -134,11 +195,31 @@ def _library_attention(query, key, value, mask, implementation, *, dropout_rate,
   if dropout_rate > 0.0:
     raise ValueError(f'implementation={implementation!r} has no attention dropout; use '
                      'implementation=None or attention_dropout_rate=0')
+  structured = structure is not None and structure.structured
+  if implementation == 'cudnn' and mask is not None and not structured:
+    raise ValueError(
+        "attention_impl='cudnn' takes causal and end-of-row padding masks (as is_causal and "
+        'sequence lengths), not this dense mask (packed rows or left padding): use '
+        "attention_impl='auto' (cuDNN where it can, einsum elsewhere), 'xla' or None, or "
+        'data.pack=False')
   if implementation == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError("implementation='cudnn' needs an NVIDIA GPU; the default backend is "
                      f"{jax.default_backend()!r}. Use implementation=None or 'xla'.")
   b, t, n, _ = query.shape
   s = key.shape[1]
+  if structured:
+    out = jax.nn.dot_product_attention(
+        query, key, value, is_causal=structure.is_causal,
+        query_seq_lengths=structure.query_lengths,
+        key_value_seq_lengths=structure.key_lengths, implementation=implementation)
+    # Rows with no key to attend to are zeros, as in the einsum path: padded queries, and
+    # every query of a row without real keys.
+    row_valid = jnp.ones((b, t), jnp.bool_)
+    if structure.query_lengths is not None:
+      row_valid &= jnp.arange(t) < structure.query_lengths[:, None]
+    if structure.key_lengths is not None:
+      row_valid &= (structure.key_lengths > 0)[:, None]
+    return jnp.where(row_valid[:, :, None, None], out, 0).astype(out.dtype)
   full_mask = None if mask is None else jnp.broadcast_to(mask, (b, n, t, s))
   out = jax.nn.dot_product_attention(query, key, value, mask=full_mask,
                                      implementation=implementation)
@@ -204,14 +285,17 @@ class MultiHeadAttention(nn.Module):
   def __call__(self,
                inputs_q: Float[Array, "B T D"],
                inputs_kv: Float[Array, "B S D"] | None = None,
-               mask: Bool[Array, "#B #N #T #S"] | None = None,
+               mask: Bool[Array, "#B #N #T #S"] | AttentionMask | None = None,
                *,
                positions_q: Int[Array, "B T"] | None = None,
                positions_kv: Int[Array, "B S"] | None = None,
                key_value: dict[str, Array] | None = None,
                cache: dict[str, Array] | None = None,
                cache_index: Int[Array, ""] | None = None,
-               deterministic: bool = True):
+               deterministic: bool = True,
+               fused: bool = True):
+    """`fused=False` runs the einsum path whatever `implementation` says (decoding steps,
+    and masks a fused kernel cannot take)."""
     self_attention = inputs_kv is None and key_value is None
     query = self.query(inputs_q)
     if self.rope:
@@ -241,14 +325,20 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
+    # A cached decoding step has one query: the einsum path, whatever the training kernel.
+    implementation = self.implementation if fused and cache is None else None
+    if implementation == 'auto' and jax.default_backend() != 'gpu':
+      implementation = None
     # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
-    record = self.is_mutable_collection('intermediates') and self.implementation is None
+    record = self.is_mutable_collection('intermediates') and implementation is None
     out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
                                 dropout_rng=dropout_rng, deterministic=deterministic,
-                                implementation=self.implementation, return_weights=record)
+                                implementation=implementation, return_weights=record)
     if record:
       out, weights = out
       self.sow('intermediates', 'attention_weights', weights)
+    # The name remat_policy='save_attention_out' keeps for the backward pass.
+    out = checkpoint_name(out, 'attention_out')
     out = nn.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
         dtype=self.dtype, param_dtype=self.param_dtype, name='out', dot_general=self.dot_general,

@@ -13,6 +13,15 @@ import dataclasses
 import jax.numpy as jnp
 
 
+# What each layer keeps for the backward pass (the rest is recomputed), from the most memory
+# to the least: 'none' keeps everything (no rematerialisation); 'dots_with_no_batch_dims_saveable'
+# keeps the projections' outputs (matmuls against weights) but recomputes attention scores;
+# 'dots_saveable' keeps every matmul output; 'save_attention_out' keeps only each attention's
+# output; 'full' keeps only each layer's input. Names follow `jax.checkpoint_policies`.
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
+                  'save_attention_out')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int | None = None       # source (and shared) vocabulary, pad id 0 included;
@@ -40,12 +49,23 @@ class ModelConfig:
   pad_id: int = 0
   dtype: str = 'float32'              # compute dtype, e.g. 'bfloat16'
   param_dtype: str = 'float32'        # parameter storage dtype
-  attention_impl: str | None = None   # None (einsum), 'xla' or 'cudnn' (jax.nn fused path)
-  remat: bool = False                 # recompute each layer's activations in the backward pass
+  attention_impl: str | None = None   # None (einsum), 'xla' or 'cudnn' (jax.nn fused path),
+                                      # 'auto': cuDNN on GPUs where the mask allows, else None
+  scan_layers: bool = False           # one nn.scan over each stack's layers (parameters
+                                      # stacked on a leading 'layers' axis): compile time and
+                                      # program size stop growing with depth
+  remat_policy: str = 'none'          # recompute layer activations in the backward pass:
+                                      # see REMAT_POLICIES
   cpu_matmul: bool | None = None      # projections with transformer.matmul's CPU-friendly
                                       # gradient; None: when the default backend is a CPU
 
   def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'remat_policy must be one of {sorted(REMAT_POLICIES)}, not '
+                       f'{self.remat_policy!r}')
+    if self.attention_impl not in (None, 'xla', 'cudnn', 'auto'):
+      raise ValueError("attention_impl must be None, 'xla', 'cudnn' or 'auto', not "
+                       f'{self.attention_impl!r}')
     if self.vocab_size is not None and self.vocab_size < 1:
       raise ValueError(f'vocab_size must be positive (or None: the tokenizer\'s), not '
                        f'{self.vocab_size}')

@@ -26,18 +26,72 @@ from jax.sharding import Mesh
 from transformer import sharding
 from transformer.config import ModelConfig
 from transformer.data import Datasets, get_datasets
+from transformer.errors import ConfigError
 from transformer.tasks import Task, get_task
 from transformer.train import optimizer as optimizer_lib
 from transformer.train import step as step_lib
+from transformer.train.strategy import STRATEGIES
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
                  ) -> ModelConfig:
-  """`ModelConfig(**config.model)`, with `vocab_size` None meaning the tokenizer's."""
+  """`ModelConfig(**config.model)`, with `vocab_size` None meaning the tokenizer's.
+
+  Saved configs of earlier versions had `remat: bool`; it maps onto `remat_policy`."""
   fields = config.model.to_dict()
+  if 'remat' in fields:
+    fields.setdefault('remat_policy', 'full' if fields.pop('remat') else 'none')
   if fields.get('vocab_size') is None:
     fields['vocab_size'] = vocab_size
-  return ModelConfig(**fields)
+  try:
+    return ModelConfig(**fields)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f'config.model: {error}') from error
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Mesh:
+  """Checks what can be checked without data (the task, the model, the schedule, the
+  strategy, the mesh and the batch sizes) and returns the mesh; raises `ConfigError`
+  naming the field. `train.py` calls it before it creates or touches the workdir."""
+  get_task(config.task)
+  if config.parallelism not in STRATEGIES:
+    raise ConfigError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
+                      f'{config.parallelism!r}')
+  cfg = model_config(config, config.model.vocab_size or 1)
+  if cfg.param_dtype != 'float32':
+    raise ConfigError(
+        f"model.param_dtype={cfg.param_dtype!r}: training keeps float32 parameters and "
+        "optimizer state (Adam's updates are below bfloat16's precision); set "
+        "model.dtype='bfloat16' for bfloat16 compute")
+  optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
+  check_batches(config, mesh)
+  return mesh
+
+
+def check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """The batch sizes split over the processes, the devices and the micro-batches; checked
+  before anything is built or written."""
+  train = config.train
+  if config.parallelism == 'pmap':
+    shards, where = jax.local_device_count() * jax.process_count(), 'devices (pmap)'
+  else:
+    shards = mesh.shape['data'] * mesh.shape['fsdp']
+    where = f'batch shards of the mesh (data {mesh.shape["data"]} x fsdp {mesh.shape["fsdp"]})'
+  for name, size in (('train.batch_size', train.batch_size),
+                     ('train.eval_batch_size', train.eval_batch_size or train.batch_size)):
+    if size < 1 or size % shards:
+      raise ConfigError(f'{name}={size} does not split over the {shards} {where}: use a '
+                        f'multiple of {shards}')
+  if train.batch_size % (train.grad_accum_steps * shards):
+    raise ConfigError(f'train.batch_size={train.batch_size} does not split into '
+                      f'train.grad_accum_steps={train.grad_accum_steps} micro-batches over '
+                      f'{shards} {where}')
+  if train.steps_per_call < 1:
+    raise ConfigError(f'train.steps_per_call must be >= 1, not {train.steps_per_call}')
+  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
+    if train[name] < 1:
+      raise ConfigError(f'train.{name} must be >= 1, not {train[name]}')
 
 
 @dataclasses.dataclass
@@ -88,6 +142,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None 
     mesh: default: `config.mesh` over all devices.
   """
   task = get_task(config.task)
+  mesh = check_config(config, mesh)
   datasets = None
   if workdir is not None:
     datasets = get_datasets(
@@ -97,12 +152,11 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None 
     vocab_size = datasets.vocab_size
   cfg = model_config(config, vocab_size)
   if cfg.vocab_size is None:
-    raise ValueError('config.model.vocab_size is None (the tokenizer\'s), but no data were '
+    raise ConfigError('config.model.vocab_size is None (the tokenizer\'s), but no data were '
                      'built: pass workdir= or vocab_size=')
   model = task.model_class(cfg)
   schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
   tx = optimizer_lib.make_optimizer(config.optim, schedule)
-  mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
 
   init = state_initializer(model, task, tx)
   boxed = jax.eval_shape(init, jax.random.PRNGKey(0))

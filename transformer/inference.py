@@ -11,8 +11,9 @@ text in, text out.
 runs once per call. Prompts of different lengths share a batch by LEFT padding
 (`left_pad`): every row's last column is then a real token, and the model's default
 positions count only real tokens, so a padded row decodes exactly as it would alone.
-Special token ids come from `transformer.data.tokenizers`; a trained run's tokenizer
-(`transformer.train.run.load_run`) gives the ones it was trained with.
+Models with scanned layers decode unscanned (`transformer.models.unscanned`, inside each
+compiled function). Special token ids come from `transformer.data.tokenizers`; a trained
+run's tokenizer (`transformer.train.run.load_run`) gives the ones it was trained with.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from transformer import decode
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from transformer.models import DecoderLM, Transformer
+from transformer.models import DecoderLM, Transformer, unscanned
 
 # The paper's output limit (section 6.1): input length + 50 tokens.
 MAX_EXTRA_LEN = 50
@@ -119,6 +120,7 @@ def generate(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens:
   Returns:
     the new tokens [B, max_new_tokens] (eos included, pad 0 after it).
   """
+  model, params = unscanned(model, params)
   prompt_length = prompt_tokens.shape[1]
   # Slots for every fed token: the prompt, then all new tokens but the last.
   max_length = prompt_length + max_new_tokens - 1
@@ -139,6 +141,10 @@ def greedy_uncached(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_
   (prompt, tokens so far, then pads, which are masked and causally invisible) and reads the
   logits of the last filled column. Same contract as `generate` with temperature 0.
   """
+  model, params = unscanned(model, params)
+  # Left-padded rows without a cache: the dense mask of the einsum path (a fused kernel's
+  # sequence lengths would assume right padding).
+  model = model.clone(config=model.config.replace(attention_impl=None))
   batch_size, prompt_length = prompt_tokens.shape
   pad_id = model.config.pad_id
   _check_length(model, prompt_length + max_new_tokens, 'greedy_uncached')
@@ -205,6 +211,7 @@ def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
   Returns:
     target tokens [B, T] without bos (eos included, pad 0 after it).
   """
+  model, params = unscanned(model, params)
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
   cross = _encode(model, params, src_tokens)
   cache = model.init_cache(src_tokens.shape[0], max_decode_len)
@@ -232,6 +239,7 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
     (log P / lp), best first; T = max_decode_len, default S + MAX_EXTRA_LEN capped at
     max_len.
   """
+  model, params = unscanned(model, params)
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
   batch_size = src_tokens.shape[0]
   cross = _encode(model, params, src_tokens)

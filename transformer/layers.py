@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 from flax import linen as nn
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
-from transformer.attention import MultiHeadAttention
+from transformer.attention import AttentionMask, MultiHeadAttention
 from transformer.config import ModelConfig
 from transformer.matmul import projection_dot_general
 
@@ -96,15 +96,19 @@ class EncoderLayer(nn.Module):
   """Self-attention then feed-forward, each as a residual sub-layer."""
   config: ModelConfig
 
-  @nn.compact
-  def __call__(self, x: Float[Array, "B S D"], mask: Bool[Array, "B 1 S S"] | None,
-               positions: Int[Array, "B S"], deterministic: bool) -> Float[Array, "B S D"]:
+  def setup(self):
     cfg = self.config
-    attention = make_attention(cfg, rope=cfg.position == 'rope', name='self_attention')
-    x, _ = _Residual(cfg, name='self_attention_block')(
-        x, lambda h: attention(h, mask=mask, positions_q=positions, deterministic=deterministic),
-        deterministic)
-    x, _ = _Residual(cfg, name='mlp_block')(x, make_feed_forward(cfg, name='mlp'), deterministic)
+    self.self_attention = make_attention(cfg, rope=cfg.position == 'rope')
+    self.self_attention_block = _Residual(cfg)
+    self.mlp = make_feed_forward(cfg)
+    self.mlp_block = _Residual(cfg)
+
+  def __call__(self, x: Float[Array, "B S D"], mask: AttentionMask | Array | None,
+               positions: Int[Array, "B S"], deterministic: bool) -> Float[Array, "B S D"]:
+    x, _ = self.self_attention_block(
+        x, lambda h: self.self_attention(h, mask=mask, positions_q=positions,
+                                         deterministic=deterministic), deterministic)
+    x, _ = self.mlp_block(x, self.mlp, deterministic)
     return x
 
 
@@ -131,10 +135,10 @@ class DecoderLayer(nn.Module):
   def project_cross_key_value(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
     return self.cross_attention.project_key_value(encoded)
 
-  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
+  def __call__(self, x: Float[Array, "B T D"], mask: AttentionMask | Array | None,
                positions: Int[Array, "B T"], deterministic: bool,
                encoded: Float[Array, "B S D"] | None = None,
-               cross_mask: Bool[Array, "B 1 T S"] | None = None,
+               cross_mask: AttentionMask | Array | None = None,
                cache: dict[str, Array] | None = None,
                cache_index: Int[Array, ""] | None = None,
                cross_key_value: dict[str, Array] | None = None):
@@ -149,9 +153,24 @@ class DecoderLayer(nn.Module):
       x, _ = self.cross_attention_block(
           x, lambda h: self.cross_attention(h, encoded, mask=cross_mask,
                                             key_value=cross_key_value,
-                                            deterministic=deterministic),
+                                            deterministic=deterministic,
+                                            fused=cache is None),   # decoding: einsum
           deterministic)
     x, _ = self.mlp_block(x, self.mlp, deterministic)
     if cache is not None:
       return x, new_cache
     return x
+
+
+class ScannedEncoderLayer(EncoderLayer):
+  """`EncoderLayer` in the (carry, ...) -> (carry, output) form that `nn.scan` iterates."""
+
+  def __call__(self, x, mask, positions, deterministic):
+    return super().__call__(x, mask, positions, deterministic), None
+
+
+class ScannedDecoderLayer(DecoderLayer):
+  """`DecoderLayer` (without a KV cache) in the form that `nn.scan` iterates."""
+
+  def __call__(self, x, mask, positions, deterministic, encoded=None, cross_mask=None):
+    return super().__call__(x, mask, positions, deterministic, encoded, cross_mask), None

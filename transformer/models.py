@@ -17,10 +17,18 @@ Decoding: `cache = model.init_cache(batch_size, max_length)`, then
 any length) and then one token at a time; training is the same code with `cache=None`.
 The encoder-decoder can also cache its cross-attention keys and values
 (`cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)`).
+
+Deep models: `scan_layers=True` runs each stack as one `nn.scan` over its layers, whose
+parameters are stacked on a leading axis (logical name 'layers') under `layers` instead of
+`layer_0`, `layer_1`, ...; compile time then no longer grows with depth. `scan_params` and
+`unscan_params` convert parameter trees (and optimizer states) between the two layouts;
+cached decoding runs unscanned (`unscanned(model, params)`, which `transformer.inference`
+applies itself). `remat_policy` chooses what each layer keeps for the backward pass.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -31,7 +39,8 @@ from jaxtyping import Array, Float, Int
 from transformer import attention as attn
 from transformer import positional
 from transformer.config import ModelConfig
-from transformer.layers import DecoderLayer, EncoderLayer, make_norm
+from transformer.layers import (DecoderLayer, EncoderLayer, ScannedDecoderLayer,
+                                ScannedEncoderLayer, make_norm)
 from transformer.matmul import projection_dot_general
 
 Cache = dict[str, Any]
@@ -99,9 +108,40 @@ class _Embedder(nn.Module):
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
-def _layer_class(cls, config: ModelConfig):
-  # Argument 4 (counting self) is `deterministic`, a Python bool.
-  return nn.remat(cls, static_argnums=(4,)) if config.remat else cls
+_REMAT_POLICIES = {
+    'full': None,   # nothing saveable: recompute the whole layer
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'save_attention_out': jax.checkpoint_policies.save_only_these_names('attention_out'),
+}
+
+
+def _layer_stack(layer: type[nn.Module], scanned: type[nn.Module], config: ModelConfig,
+                 num_layers: int, **layer_fields):
+  """The stack's layers: a list of `layer_{i}` modules, or one `layers` module that scans
+  `scanned` (the same layer in scan's carry form) over stacked parameters."""
+  cls = scanned if config.scan_layers else layer
+  if config.remat_policy != 'none':
+    # Argument 4 (counting self) is `deterministic`, a Python bool.
+    cls = nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy], static_argnums=(4,),
+                   prevent_cse=not config.scan_layers)   # scan already keeps them apart
+  if not config.scan_layers:
+    return [cls(config, name=f'layer_{i}', **layer_fields) for i in range(num_layers)]
+  stack = nn.scan(cls, variable_axes={'params': 0, 'intermediates': 0},
+                  split_rngs={'params': True, 'dropout': True},   # each layer its own
+                  in_axes=nn.broadcast, length=num_layers,
+                  metadata_params={nn.PARTITION_NAME: 'layers'})
+  return stack(config, name='layers', **layer_fields)
+
+
+def _run_stack(layers, x, *args):
+  """x through the stack (a list of layers, or one scanned module)."""
+  if isinstance(layers, (list, tuple)):
+    for layer in layers:
+      x = layer(x, *args)
+    return x
+  x, _ = layers(x, *args)
+  return x
 
 
 class Encoder(nn.Module):
@@ -112,8 +152,7 @@ class Encoder(nn.Module):
   def setup(self):
     cfg = self.config
     self.embedder = _Embedder(cfg, self.embedding)
-    layer = _layer_class(EncoderLayer, cfg)
-    self.layers = [layer(cfg, name=f'layer_{i}') for i in range(cfg.num_layers)]
+    self.layers = _layer_stack(EncoderLayer, ScannedEncoderLayer, cfg, cfg.num_layers)
     if cfg.pre_norm:
       self.final_norm = make_norm(cfg, 'final_norm')
 
@@ -123,12 +162,12 @@ class Encoder(nn.Module):
     cfg = self.config
     if positions is None:
       positions = default_positions(tokens, cfg.pad_id)
-    mask = attn.make_padding_mask(tokens, tokens, cfg.pad_id)
+    valid = tokens != cfg.pad_id
+    mask = attn.padding_attention_mask(valid, valid)
     if segment_ids is not None:
       mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
     x = self.embedder(tokens, positions, deterministic)
-    for layer in self.layers:
-      x = layer(x, mask, positions, deterministic)
+    x = _run_stack(self.layers, x, mask, positions, deterministic)
     return self.final_norm(x) if cfg.pre_norm else x
 
 
@@ -145,9 +184,8 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.config
     self.embedder = _Embedder(cfg, self.embedding)
-    layer = _layer_class(DecoderLayer, cfg)
-    self.layers = [layer(cfg, with_cross_attention=self.cross_attention, name=f'layer_{i}')
-                   for i in range(self.num_layers)]
+    self.layers = _layer_stack(DecoderLayer, ScannedDecoderLayer, cfg, self.num_layers,
+                               with_cross_attention=self.cross_attention)
     if cfg.pre_norm:
       self.final_norm = make_norm(cfg, 'final_norm')
     if not cfg.tie_output:
@@ -169,14 +207,17 @@ class Decoder(nn.Module):
     valid = tokens != cfg.pad_id
     cross_mask = None
     if self.cross_attention:
-      cross_mask = (encoder_tokens != cfg.pad_id)[:, None, None, :]
+      # Every target position reads the real source tokens (padded queries too, so that
+      # their outputs do not depend on the kernel).
+      cross_mask = attn.padding_attention_mask(valid, encoder_tokens != cfg.pad_id,
+                                               mask_queries=False)
       if segment_ids is not None:
         cross_mask = cross_mask & attn.make_segment_mask(segment_ids, encoder_segment_ids)
 
     if cache is None:
       if positions is None:
         positions = default_positions(tokens, cfg.pad_id)
-      mask = attn.make_causal_mask(tokens.shape[1]) & valid[:, None, None, :]
+      mask = attn.padding_attention_mask(valid, valid, causal=True, mask_queries=False)
       if segment_ids is not None:
         mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
       index = None
@@ -190,11 +231,15 @@ class Decoder(nn.Module):
 
     x = self.embedder(tokens, positions, deterministic)
     new_layer_caches = []
-    cross = None if cache is None else cache.get('cross')
-    for i, layer in enumerate(self.layers):
-      if cache is None:
-        x = layer(x, mask, positions, deterministic, encoded, cross_mask)
-      else:
+    if cache is None:
+      x = _run_stack(self.layers, x, mask, positions, deterministic, encoded, cross_mask)
+    else:
+      if cfg.scan_layers:
+        raise ValueError('cached decoding runs the layers unscanned: decode with '
+                         '`transformer.models.unscanned(model, params)` (transformer.inference '
+                         'does it for you)')
+      cross = cache.get('cross')
+      for i, layer in enumerate(self.layers):
         x, layer_cache = layer(x, mask, positions, deterministic, encoded, cross_mask,
                                cache['layers'][i], index, None if cross is None else cross[i])
         new_layer_caches.append(layer_cache)
@@ -212,6 +257,9 @@ class Decoder(nn.Module):
     return logits, new_cache
 
   def project_cross_key_values(self, encoded: Float[Array, "B S D"]) -> list[dict[str, Array]]:
+    if self.config.scan_layers:
+      raise ValueError('cross-attention caching runs the layers unscanned: use '
+                       '`transformer.models.unscanned(model, params)`')
     return [layer.project_cross_key_value(encoded) for layer in self.layers]
 
 
@@ -341,3 +389,62 @@ class EncoderModel(nn.Module):
     if self.config.num_classes:
       out['class_logits'] = self._class_head(x)
     return out
+
+
+# --- scanned and unscanned parameter layouts ----------------------------------------------
+
+_LAYER_NAME = re.compile(r'layer_(\d+)')
+
+
+def _is_unrolled_stack(node) -> bool:
+  return isinstance(node, dict) and any(_LAYER_NAME.fullmatch(str(k)) for k in node)
+
+
+def _is_scanned_stack(node) -> bool:
+  return isinstance(node, dict) and 'layers' in node
+
+
+def scan_params(tree: Any) -> Any:
+  """Unscanned -> scanned layout: in every dict holding `layer_0` ... `layer_{L-1}`, those
+  become one `layers` entry whose leaves are stacked on a new leading axis. Works on
+  parameter trees and on anything that mirrors them (optimizer states, shapes)."""
+  def convert(node):
+    if not _is_unrolled_stack(node):
+      return node
+    names = sorted((k for k in node if _LAYER_NAME.fullmatch(str(k))),
+                   key=lambda k: int(_LAYER_NAME.fullmatch(k).group(1)))
+    if [int(_LAYER_NAME.fullmatch(k).group(1)) for k in names] != list(range(len(names))):
+      raise ValueError(f'layers are not numbered 0..{len(names) - 1}: {names}')
+    rest = {k: v for k, v in node.items() if k not in names}
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[node[k] for k in names])
+    return {**rest, 'layers': stacked}
+  return jax.tree.map(convert, tree, is_leaf=_is_unrolled_stack)
+
+
+def unscan_params(tree: Any) -> Any:
+  """Scanned -> unscanned layout: every `layers` entry is split along its leading axis into
+  `layer_0` ... `layer_{L-1}` (the inverse of `scan_params`)."""
+  def convert(node):
+    if not _is_scanned_stack(node):
+      return node
+    stacked = node['layers']
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in node.items() if k != 'layers'}
+    return {**rest, **{f'layer_{i}': jax.tree.map(lambda x: x[i], stacked)
+                       for i in range(count)}}
+  return jax.tree.map(convert, tree, is_leaf=_is_scanned_stack)
+
+
+def is_scanned(params: Any) -> bool:
+  """Whether a parameter tree has the scanned layout."""
+  return any(getattr(key, 'key', None) == 'layers'
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0] for key in path)
+
+
+def unscanned(model: nn.Module, variables: Any) -> tuple[nn.Module, Any]:
+  """The same model with its layers unrolled, and its variables in that layout (decoding
+  with a KV cache runs this way). Unscanned models pass through unchanged."""
+  if not model.config.scan_layers:
+    return model, variables
+  return (model.clone(config=model.config.replace(scan_layers=False)),
+          unscan_params(variables))

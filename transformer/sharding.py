@@ -1,6 +1,7 @@
 """Device meshes, logical-axis rules, and the shardings of train states and batches.
 
-Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`); a table of
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, and `layers`
+for scanned stacks); a table of
 rules maps each logical name onto mesh axes `('data', 'fsdp', 'tensor')`. The batch is split
 over data x fsdp. One code path serves one CPU, a GPU box and a multi-host pod:
 
@@ -18,6 +19,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from transformer.errors import ConfigError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -31,6 +34,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
     ('kv', None),
+    ('layers', None),   # scanned layers' stacking axis: every device holds every layer
 )
 
 
@@ -48,17 +52,17 @@ def make_mesh(shape: Mapping[str, int] | None = None,
     devices = devices[:math.prod(shape.values())]  # e.g. data=1: a one-device run
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'unknown mesh axes {sorted(unknown)}; use {MESH_AXES}')
+    raise ConfigError(f'unknown mesh axes {sorted(unknown)}; use {MESH_AXES}')
   sizes = [shape[a] for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'at most one mesh axis may be -1: {shape}')
+    raise ConfigError(f'at most one mesh axis may be -1: {shape}')
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f'{len(devices)} devices do not split into mesh {shape}')
+      raise ConfigError(f'{len(devices)} devices do not split into mesh {shape}')
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
+    raise ConfigError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
                      f'there are {len(devices)}')
   grid = np.asarray(devices).reshape(sizes)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -26,6 +26,7 @@ from transformer import inference, models
 from transformer.config import ModelConfig
 from transformer.data import Needs, SequenceSpec, mask_tokens, shift_right
 from transformer.data.tokenizers import NUM_SPECIALS, PAD_ID
+from transformer.errors import ConfigError
 from transformer.train import loss as loss_lib
 from transformer.train.metrics import corpus_bleu
 
@@ -191,7 +192,7 @@ class LanguageModel(Task):
     if lm_format == 'auto':
       lm_format = 'windows' if data_config.tokenizer == 'char' else 'sentences'
     if lm_format not in ('windows', 'sentences'):
-      raise ValueError("data.lm_format must be 'windows', 'sentences' or 'auto', "
+      raise ConfigError("data.lm_format must be 'windows', 'sentences' or 'auto', "
                        f'not {lm_format!r}')
     length = data_config.max_len
     return Needs(
@@ -242,7 +243,7 @@ class MaskedLanguageModel(Task):
     def finalize(batch, *, packed, rng, tokenizer):
       del packed
       if tokenizer.mask_id is None:
-        raise ValueError('task mlm needs a tokenizer with a mask id (data.tokenizer '
+        raise ConfigError('task mlm needs a tokenizer with a mask id (data.tokenizer '
                          "'sentencepiece', or 'char' with sentences)")
       batch = dict(batch)
       batch.update(mask_tokens(batch['inputs'], rng, mask_id=tokenizer.mask_id,
@@ -310,5 +311,5 @@ def get_task(name: str) -> Task:
   try:
     return TASKS[name]
   except KeyError:
-    raise ValueError(f'unknown task {name!r}; config.task must be one of '
+    raise ConfigError(f'unknown task {name!r}; config.task must be one of '
                      f'{", ".join(repr(t) for t in TASKS)}') from None

@@ -120,6 +120,64 @@ def test_classification_trains_to_high_accuracy(tmp_path):
   assert metrics['eval/accuracy'] > 0.95
 
 
+def test_bfloat16_training_reaches_exact_reversal(tmp_path):
+  """The default task, model.dtype='bfloat16' (float32 parameters and optimizer)."""
+  config = tiny_config(**{'train.num_steps': 600, 'train.checkpoint_every': 600,
+                          'train.eval_every': 600, 'model.d_model': 64, 'model.mlp_dim': 128,
+                          'train.steps_per_call': 10, 'train.log_every': 50,
+                          'optim.learning_rate': 5e-3, 'optim.warmup_steps': 30,
+                          'optim.decay_steps': 600, 'model.dtype': 'bfloat16'})
+  assert train_and_evaluate(config, tmp_path)['eval/exact_match'] >= 0.99
+
+
+def test_a_diverging_run_stops_before_a_nonfinite_checkpoint(tmp_path):
+  """Ten good steps (a checkpoint at 10), then a learning rate of 1e4: the run stops with
+  one line naming the step and checkpoint 10, exit status 3; checkpoint 10 stays and is
+  finite; with train.skip_nonfinite the same run skips those updates and finishes."""
+  overrides = {**tiny_overrides(), 'train.num_steps': 10, 'train.checkpoint_every': 10}
+  assert train_py(tmp_path / 'run', overrides).returncode == 0
+  overrides.update({'train.num_steps': 60, 'optim.learning_rate': 1e4,
+                    'optim.schedule': 'constant', 'train.checkpoint_every': 5})
+  result = train_py(tmp_path / 'run', overrides)
+  assert result.returncode == 3, result.stderr[-2000:]
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith('stopped: step ') and 'step 10, is finite' in message
+  assert 'Traceback' not in result.stderr
+  steps = checkpoint_steps(tmp_path / 'run')
+  assert steps[0] == 10
+  for step in steps:     # every checkpoint written holds finite values
+    state = load_run(tmp_path / 'run', step=step).params
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+  records = metrics_lib.read_metrics(tmp_path / 'run')   # strict JSON throughout
+  assert records and all(isinstance(r['step'], int) for r in records)
+
+  skipping = train_py(tmp_path / 'skip', {**overrides, 'train.skip_nonfinite': 1000})
+  assert skipping.returncode == 0, skipping.stderr[-2000:]
+  assert 'update skipped' in skipping.stdout + skipping.stderr
+  skipped = sum(r.get('train/skipped_steps', 0) for r in
+                metrics_lib.read_metrics(tmp_path / 'skip'))
+  assert skipped > 0 and checkpoint_steps(tmp_path / 'skip')[-1] == 60
+  params = load_run(tmp_path / 'skip').params
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_a_checkpoint_resumes_in_the_other_layer_layout(tmp_path):
+  """Trained scanned, resumed unrolled (and the reverse): the losses continue as they
+  would have in the first layout (same state, up to float rounding). (The two layouts
+  initialise differently, so each has its own uninterrupted reference.)"""
+  def run(workdir, steps, scan):
+    config = tiny_config(**{'train.num_steps': steps, 'model.num_layers': 2,
+                            'model.scan_layers': scan, 'train.checkpoint_every': 4})
+    train_and_evaluate(config, workdir)
+    return [r['train/loss'] for r in metrics_lib.read_metrics(workdir) if 'train/loss' in r]
+
+  for first, second in ((True, False), (False, True)):
+    straight = run(tmp_path / f'straight-{first}', 8, first)
+    workdir = tmp_path / f'{first}-{second}'
+    run(workdir, 4, first)
+    np.testing.assert_allclose(run(workdir, 8, second), straight, rtol=1e-5)
+
+
 STRATEGIES = """
 import json, sys
 from tests.helpers import tiny_config

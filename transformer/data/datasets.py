@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from transformer.data import sources as sources_lib
+from transformer.errors import ConfigError, DataError
 from transformer.data.pipeline import (
     EvalBatches, Needs, Ragged, WindowSource, build_examples, eval_arrays, train_dataset,
     window_eval_arrays, window_train_dataset,
@@ -67,7 +68,7 @@ class Datasets:
 
   def _check_split(self, split: str) -> None:
     if split not in self.splits:
-      raise ValueError(f'No split {split!r}; this dataset has {self.splits}.')
+      raise ConfigError(f'No split {split!r}; this dataset has {self.splits}.')
 
 
 def _open_source(config, columns: tuple[str, ...], data_dir: Path, seed: int
@@ -89,25 +90,25 @@ def _open_source(config, columns: tuple[str, ...], data_dir: Path, seed: int
     return load, ''  # no token cache: generating is as fast as reading
   if source == 'text':
     if not config.path:
-      raise ValueError("data.source='text' needs data.path (a text file).")
+      raise ConfigError("data.source='text' needs data.path (a text file).")
     return sources_lib.local_text_source(config.path, valid_fraction=config.valid_fraction,
                                          data_dir=data_dir)
   if source == 'parallel':
     if not config.path:
-      raise ValueError("data.source='parallel' needs data.path (a corpus folder).")
+      raise ConfigError("data.source='parallel' needs data.path (a corpus folder).")
     return sources_lib.local_parallel_source(
         config.path, src=config.src_lang or 'src', tgt=config.tgt_lang or 'tgt',
         data_dir=data_dir)
   if source == 'tfds':
     if not config.tfds_name:
-      raise ValueError("data.source='tfds' needs data.tfds_name.")
+      raise ConfigError("data.source='tfds' needs data.tfds_name.")
     columns_by_split, key = sources_lib.tfds_source(
         config.tfds_name, columns=columns, data_dir=str(config.tfds_data_dir or data_dir),
         src_lang=config.src_lang, tgt_lang=config.tgt_lang,
         reverse_translation=config.reverse_translation, text_key=config.tfds_text_key,
         label_key=config.tfds_label_key)
     return lambda: columns_by_split, key
-  raise ValueError("data.source must be 'synthetic', 'text', 'parallel' or 'tfds', "
+  raise ConfigError("data.source must be 'synthetic', 'text', 'parallel' or 'tfds', "
                    f'got {source!r}')
 
 
@@ -120,7 +121,7 @@ def _needed_columns(columns: dict, needs: Needs) -> dict[str, list]:
     elif name == 'text' and 'target' in columns:
       out[name] = columns['target']
     else:
-      raise ValueError(f'the task reads a {name!r} column, but this data source has only '
+      raise ConfigError(f'the task reads a {name!r} column, but this data source has only '
                        f'{sorted(columns)}')
   if 'text' in out:
     if needs.windows:  # one character stream per split, exactly as in the file
@@ -167,7 +168,7 @@ def _make_tokenizer(config, texts: Callable[[], dict], tokenizer_dir: Path, wind
         model_type=config.spm_model_type)
     tok.save(tokenizer_dir)
     return tok
-  raise ValueError("data.tokenizer must be 'synthetic', 'char' or 'sentencepiece', "
+  raise ConfigError("data.tokenizer must be 'synthetic', 'char' or 'sentencepiece', "
                    f'got {kind!r}')
 
 
@@ -230,9 +231,9 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
   for name, size in (('global_batch_size', global_batch_size),
                      ('eval_batch_size', eval_batch_size)):
     if size % process_count:
-      raise ValueError(f'{name} {size} is not divisible by process_count {process_count}.')
+      raise ConfigError(f'{name} {size} is not divisible by process_count {process_count}.')
   if config.overlong not in ('drop', 'truncate'):
-    raise ValueError(f"data.overlong must be 'drop' or 'truncate', got {config.overlong!r}")
+    raise ConfigError(f"data.overlong must be 'drop' or 'truncate', got {config.overlong!r}")
   workdir = Path(workdir)
   data_dir = Path(config.data_dir or workdir / 'data')
   tokenizer_dir = Path(config.tokenizer_dir or workdir / 'tokenizer')
@@ -260,7 +261,7 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     if cache is not None:
       _save_tokens(cache, tokens)
   if 'train' not in tokens:
-    raise ValueError('The data source has no train split.')
+    raise DataError('The data source has no train split.')
   splits = tuple(s for s in SPLITS if s in tokens)
   rows = global_batch_size // process_count
   shards = dict(process_index=process_index, process_count=process_count)
@@ -285,7 +286,7 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
                                        truncate=config.overlong == 'truncate')
     if len(train_examples) == 0:
       lengths = {k: s.length for k, s in needs.sequences.items()}
-      raise ValueError(f'No training example fits the row lengths {lengths} '
+      raise DataError(f'No training example fits the row lengths {lengths} '
                        f'(data.overlong={config.overlong!r}).')
 
     def train_fn():

@@ -43,6 +43,7 @@ import grain
 import numpy as np
 
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from transformer.errors import DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -336,7 +337,7 @@ def train_dataset(examples: Examples, needs: Needs, *, rows: int, seed: int, pac
   """Shuffled, repeated, packed (or padded) batches of ``rows`` rows of this shard."""
   indices = shard_indices(len(examples), process_index, process_count)
   if len(indices) == 0:
-    raise ValueError(f'Process {process_index} of {process_count} has no training examples.')
+    raise DataError(f'Process {process_index} of {process_count} has no training examples.')
   packed = pack and needs.packable
 
   def finalize(batch: Batch, start_index: int) -> Batch:
@@ -359,7 +360,7 @@ class WindowSource:
 
   def __init__(self, data: np.ndarray, block_size: int):
     if len(data) <= block_size:
-      raise ValueError(f'Text of {len(data)} tokens is too short for windows of {block_size}.')
+      raise DataError(f'Text of {len(data)} tokens is too short for windows of {block_size}.')
     self.data, self.block_size = data, block_size
 
   def __len__(self) -> int:

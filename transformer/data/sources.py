@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from transformer.data.tokenizers import SYNTHETIC_ALPHABET
+from transformer.errors import ConfigError, DataError, MissingFileError
 
 Columns = dict[str, list]
 SPLIT_ALIASES = {
@@ -49,9 +50,10 @@ def synthetic_pairs(
   Symbols print as '0'-'9', 'a'-'z', 'A'-'Z' (see ``synthetic_tokenizer``).
   """
   if rule not in SYNTHETIC_RULES:
-    raise ValueError(f'data.synthetic_rule must be one of {SYNTHETIC_RULES}, got {rule!r}')
+    raise ConfigError(f'data.synthetic_rule must be one of {SYNTHETIC_RULES}, got {rule!r}')
   if not 1 <= min_len <= max_len:
-    raise ValueError(f'Need 1 <= synthetic_min_len <= synthetic_max_len, got {min_len}, {max_len}')
+    raise ConfigError(f'Need 1 <= data.synthetic_min_len <= data.synthetic_max_len, got '
+                      f'{min_len}, {max_len}')
   rng = np.random.default_rng(seed)
   lengths = rng.integers(min_len, max_len + 1, size=num_examples)
   symbols = rng.integers(0, num_symbols, size=int(lengths.sum()))
@@ -96,15 +98,15 @@ def read_lines(path: str | os.PathLike) -> list[str]:
   """Lines of a UTF-8 file without their '\\n'; clear errors for bad files."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'Data file not found: {path}')
+    raise MissingFileError(f'Data file not found: {path}')
   raw = path.read_bytes()
   if not raw.strip():
-    raise ValueError(f'Data file is empty: {path}')
+    raise DataError(f'Data file is empty: {path}')
   try:
     text = raw.decode('utf-8')
   except UnicodeDecodeError as e:
     line_number = raw.count(b'\n', 0, e.start) + 1
-    raise ValueError(
+    raise DataError(
         f'{path}: line {line_number} is not valid UTF-8 ({e.reason} at byte {e.start}).'
     ) from None
   lines = text.split('\n')
@@ -125,7 +127,7 @@ def read_text(path: str | os.PathLike) -> str:
 def split_text(text: str, valid_fraction: float) -> dict[str, str]:
   """nanoGPT's split: the first (1 - valid_fraction) of the characters train."""
   if not 0.0 <= valid_fraction < 1.0:
-    raise ValueError(f'valid_fraction must be in [0, 1), got {valid_fraction}')
+    raise ConfigError(f'data.valid_fraction must be in [0, 1), got {valid_fraction}')
   n = int(len(text) * (1.0 - valid_fraction))
   splits = {'train': text[:n]}
   if valid_fraction > 0:
@@ -137,7 +139,7 @@ def parallel_files(folder: str | os.PathLike, src: str, tgt: str) -> dict[str, t
   """``{split: (src_file, tgt_file)}`` of ``folder/{split}.{src,tgt}``; checks them."""
   folder = Path(folder)
   if not folder.is_dir():
-    raise FileNotFoundError(f'Parallel corpus folder not found: {folder}')
+    raise MissingFileError(f'Parallel corpus folder not found: {folder}')
   found = {}
   for name, split in SPLIT_ALIASES.items():
     src_file, tgt_file = folder / f'{name}.{src}', folder / f'{name}.{tgt}'
@@ -145,17 +147,17 @@ def parallel_files(folder: str | os.PathLike, src: str, tgt: str) -> dict[str, t
       continue
     for f in (src_file, tgt_file):
       if not f.is_file():
-        raise FileNotFoundError(f'Parallel corpus file not found: {f}')
+        raise MissingFileError(f'Parallel corpus file not found: {f}')
     found[split] = (src_file, tgt_file)
   if 'train' not in found:
-    raise FileNotFoundError(f'No train.{src} / train.{tgt} in {folder}')
+    raise MissingFileError(f'No train.{src} / train.{tgt} in {folder}')
   return found
 
 
 def read_parallel(src_file: Path, tgt_file: Path) -> Columns:
   sources, targets = read_lines(src_file), read_lines(tgt_file)
   if len(sources) != len(targets):
-    raise ValueError(
+    raise DataError(
         f'Parallel corpus sides differ in length: {src_file} has {len(sources)} lines '
         f'but {tgt_file} has {len(targets)} lines.'
     )
@@ -357,7 +359,8 @@ def tfds_source(
     else:
       supervised = builder.info.supervised_keys
       if not supervised or len(supervised) != 2:
-        raise ValueError(f'{name}: set src_lang and tgt_lang (features {feature_names}).')
+        raise ConfigError(f'{name}: set data.src_lang and data.tgt_lang (features '
+                          f'{feature_names}).')
       keys = tuple(supervised)
     if reverse_translation:
       keys = keys[::-1]
@@ -366,13 +369,13 @@ def tfds_source(
     if text_key is None:
       text_key = next((k for k in ('text', 'sentence', 'content') if k in feature_names), None)
     if text_key is None:
-      raise ValueError(f'{name}: set tfds_text_key; features are {feature_names}.')
+      raise ConfigError(f'{name}: set data.tfds_text_key; features are {feature_names}.')
     keys_of = {'text': text_key}
     if 'label' in columns:
       keys_of['label'] = label_key
   for key in keys_of.values():
     if key not in feature_names:
-      raise ValueError(f'{name} has no feature {key!r}; features are {feature_names}.')
+      raise ConfigError(f'{name} has no feature {key!r}; features are {feature_names}.')
   out = {}
   for split, source in sources.items():
     out[SPLIT_ALIASES.get(split, split)] = _columns_from_data_source(source, keys_of)

@@ -35,6 +35,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import sentencepiece as spm
 
+from transformer.errors import ConfigError, DataError
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3, 4
 NUM_SPECIALS = 5
 SPECIAL_PIECES = ('<pad>', '<s>', '</s>', '<unk>', '<mask>')
@@ -73,7 +75,7 @@ class CharTokenizer:
   def __init__(self, chars: Iterable[str], *, specials: bool = False):
     self.chars = ''.join(sorted(set(chars)))
     if not self.chars:
-      raise ValueError('CharTokenizer needs at least one character.')
+      raise DataError('CharTokenizer needs at least one character.')
     self.specials = specials
     offset = NUM_SPECIALS if specials else 0
     self._stoi = {c: i + offset for i, c in enumerate(self.chars)}
@@ -88,7 +90,7 @@ class CharTokenizer:
   @classmethod
   def from_text(cls, text: str, *, specials: bool = False) -> CharTokenizer:
     if not text:
-      raise ValueError('Cannot build a character vocabulary from empty text.')
+      raise DataError('Cannot build a character vocabulary from empty text.')
     return cls(set(text), specials=specials)
 
   def encode(self, text: str) -> list[int]:
@@ -99,7 +101,7 @@ class CharTokenizer:
       missing = sorted(set(text) - set(stoi))
       if self.unk_id is not None:
         return [stoi.get(c, self.unk_id) for c in text]
-      raise ValueError(
+      raise DataError(
           f'Character vocabulary of {len(self.chars)} symbols misses characters '
           f'{missing[:20]!r} ({len(missing)} distinct) found in the text.'
       ) from None
@@ -133,8 +135,8 @@ def synthetic_tokenizer(num_symbols: int) -> CharTokenizer:
   """Tokenizer of the synthetic tasks: specials 0..4, then ``num_symbols`` symbols
   printed as '0'-'9', 'a'-'z', 'A'-'Z' (so up to 62 symbols)."""
   if not 1 <= num_symbols <= len(SYNTHETIC_ALPHABET):
-    raise ValueError(
-        f'synthetic_vocab must be in [1, {len(SYNTHETIC_ALPHABET)}], got {num_symbols}.'
+    raise ConfigError(
+        f'data.synthetic_vocab must be in [1, {len(SYNTHETIC_ALPHABET)}], got {num_symbols}.'
     )
   return CharTokenizer(SYNTHETIC_ALPHABET[:num_symbols], specials=True)
 
@@ -168,16 +170,16 @@ class SentencePieceTokenizer:
     """Trains on ``texts`` (an in-memory iterable of sentences) and saves the model."""
     texts = [t for t in texts if t]
     if not texts:
-      raise ValueError('Cannot train SentencePiece on an empty corpus.')
+      raise DataError('Cannot train SentencePiece on an empty corpus.')
     distinct = len(set(''.join(texts)))
     # byte_fallback reserves 256 byte pieces; character_coverage=1.0 keeps every
     # character as a piece of its own.
     needed = NUM_SPECIALS + 256 + distinct
     if vocab_size < needed:
-      raise ValueError(
+      raise ConfigError(
           f'SentencePiece vocab_size={vocab_size} is too small for this text: it has '
           f'{distinct} distinct characters, which with {NUM_SPECIALS} specials and 256 '
-          f'byte-fallback pieces need vocab_size >= {needed}.'
+          f'byte-fallback pieces need vocab_size >= {needed} (set data.vocab_size).'
       )
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,18 @@
 Saves are asynchronous (the device-to-host copy happens before `save` returns, the disk
 write in the background) and atomic: Orbax writes into a temporary folder and renames it
 when complete, so a crash never leaves a half-written newest checkpoint behind. The newest
-`max_to_keep` checkpoints are kept, plus the best one by `best_metric` when given.
+`max_to_keep` checkpoints are kept, plus the best one by `best_metric` when given (metrics
+that are not finite never count as best). A checkpoint that fails to restore (a file lost
+or truncated) is moved aside to `workdir/checkpoints_damaged/` by `quarantine`, never
+deleted, and the run falls back to the one before it.
 """
 
 from __future__ import annotations
 
+import math
 import pathlib
+import shutil
+import time
 from typing import Any, Mapping
 
 import jax
@@ -22,6 +28,7 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = 'min',
                asynchronous: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
     keep: list[Any] = [policies.LatestN(n=max_to_keep)]
     if best_metric:
       keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
@@ -32,7 +39,7 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(keep),
         create=True)
     self.best_metric = best_metric
-    self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'data', 'config'))
 
   def latest_step(self) -> int | None:
@@ -44,14 +51,16 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None,
            config: Mapping[str, Any], metrics: Mapping[str, float] | None = None,
            force: bool = True) -> bool:
-    if metrics is not None and self.best_metric not in metrics:
-      metrics = None
+    if metrics is not None and not (self.best_metric in metrics
+                                    and math.isfinite(metrics[self.best_metric])):
+      metrics = None   # only a finite metric may make a checkpoint the best one
     return self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 data=ocp.args.JsonSave(dict(data_state or {})),
                                 config=ocp.args.JsonSave(dict(config))),
-        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()
+                                              if math.isfinite(v)},
         force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
@@ -73,6 +82,15 @@ class Checkpointer:
     restored = self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored['config']
+
+  def quarantine(self, step: int) -> pathlib.Path:
+    """Moves a damaged checkpoint out of the manager's sight (to
+    `../checkpoints_damaged/<step>-<time>`), where a user can still inspect it."""
+    target = self.directory.parent / 'checkpoints_damaged' / f'{step}-{int(time.time())}'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(self.directory / str(step)), str(target))
+    self.manager.reload()
+    return target
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

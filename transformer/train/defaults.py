@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=64,              # global rows per step (packed rows when data.pack)
       num_steps=10_000,
       grad_accum_steps=1,         # micro-batches per step (batch_size must divide)
+      skip_nonfinite=0,           # steps whose loss or gradient is not finite: 0 stops the
+                                  # run at the first (no update is ever applied); N skips
+                                  # up to N such updates, logging each, then stops
       steps_per_call=1,           # > 1: that many steps in one compiled loop (small models)
       label_smoothing=0.0,        # paper: 0.1
       log_every=100,

@@ -1,21 +1,26 @@
 """The training loop: it executes what `transformer.experiment.build` made.
 
+    metrics = train_and_evaluate(config, workdir)      # what train.py runs, or by hand:
     experiment = build(config, workdir)
     metrics = Trainer(experiment).run()
 
 The loop owns the run's I/O: the train steps, checkpoints, metric writing, evaluation
 calls and signals. The steps (step.py) stay pure; the strategy (strategy.py) decides how
 they run on the devices; evaluation.py scores parameters. Metrics of step s are fetched
-after step s + 1 has been dispatched, so logging never stalls the device.
+after step s + 1 has been dispatched, so logging never stalls the device; they are drained
+before every checkpoint, so no checkpoint follows a step whose loss was not finite.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import shutil
+import math
 import pathlib
 import signal
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,12 +28,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transformer import experiment as experiment_lib
+from transformer import models
+from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
 from transformer.train import process
 from transformer.train.evaluation import Evaluator
 from transformer.train.strategy import make_strategy
+from transformer.train.workdir import WorkdirLock, check_resume
 
 
 class _Preemption:
@@ -54,6 +62,73 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _NonFinite(Exception):
+  """A train step whose loss or gradient was not finite, beyond train.skip_nonfinite."""
+
+  def __init__(self, step: int, values: dict[str, float]):
+    super().__init__(step)
+    self.step, self.values = step, values
+
+
+class _TrainLog:
+  """The train steps' metrics, fetched one call late, averaged over logging windows.
+
+  Each window record names the steps it averages (`train/first_step` .. `step`); steps
+  whose loss or gradient was not finite are counted (`train/skipped_steps`), never
+  averaged, and beyond `skip_limit` of them the run stops (`_NonFinite`).
+  """
+
+  def __init__(self, writer, throughput, bar, *, log_every: int, num_steps: int,
+               skip_limit: int, start: int):
+    self.writer, self.throughput, self.bar = writer, throughput, bar
+    self.log_every, self.num_steps, self.skip_limit = log_every, num_steps, skip_limit
+    self.skipped = 0
+    self._reset(start + 1)
+
+  def _reset(self, first_step: int) -> None:
+    self.sums: dict[str, float] = {}
+    self.steps, self.tokens, self.window_skips, self.first = 0, 0.0, 0, first_step
+
+  def add(self, first_step: int, per_step: list[dict[str, float]]) -> None:
+    for step, values in enumerate(per_step, first_step):
+      if not values.pop('finite', 1.0):
+        self._skip(step, values)
+      else:
+        for k, v in values.items():
+          self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.tokens += values['tokens']
+      if step % self.log_every == 0 or step == 1 or step == self.num_steps:
+        self.write(step)
+
+  def _skip(self, step: int, values: dict[str, float]) -> None:
+    self.skipped += 1
+    self.window_skips += 1
+    if self.skipped > self.skip_limit:
+      raise _NonFinite(step, values)
+    message = (f"step {step}: loss {values['loss']:.4g}, gradient norm "
+               f"{values['grad_norm']:.4g}: update skipped ({self.skipped} of "
+               f'train.skip_nonfinite={self.skip_limit})')
+    logging.warning(message)
+    self.bar.write(message)
+
+  def write(self, step: int) -> None:
+    """Logs the window ending at `step` (nothing when it holds no step)."""
+    if self.steps or self.window_skips:
+      means = {f'train/{k}': v / max(self.steps, 1) for k, v in self.sums.items()
+               if k not in ('tokens', 'sequences')}
+      rates = self.throughput.update(self.tokens)
+      scalars = {**means, **rates, 'train/first_step': self.first}
+      if self.window_skips:
+        scalars['train/skipped_steps'] = self.window_skips
+      self.writer.write(step, scalars)
+      postfix = {'loss': f"{means.get('train/loss', math.nan):.4f}"}
+      if 'train/tokens_per_sec' in rates:
+        postfix['tok/s'] = f"{rates['train/tokens_per_sec']:.0f}"
+      self.bar.set_postfix(postfix, refresh=False)
+    self._reset(step + 1)
+
+
 class Trainer:
   """Runs an `Experiment`: `run()` trains (or resumes) and evaluates."""
 
@@ -66,8 +141,6 @@ class Trainer:
     self.workdir = pathlib.Path(workdir or experiment.workdir)
     self.is_main = jax.process_index() == 0
     self.steps_per_call = config.train.steps_per_call
-    if self.steps_per_call < 1:
-      raise ValueError(f'train.steps_per_call must be >= 1, not {self.steps_per_call}')
     self.strategy = make_strategy(config.parallelism, experiment.mesh,
                                   experiment.state_sharding, experiment.train_fn,
                                   experiment.eval_fn, self.steps_per_call)
@@ -124,19 +197,42 @@ class Trainer:
     pool.shutdown(wait=False)
     return future
 
+  def _restore(self, step: int):
+    """(state, data iterator state) of checkpoint `step`, in this run's layout even when
+    the checkpoint's layers were scanned and this run's are not (or the reverse)."""
+    abstract = self.experiment.abstract_state
+    saved = self.checkpointer.restore_config(step)
+    saved_scanned = bool(saved.get('model', {}).get('scan_layers', False))
+    if saved_scanned == self.experiment.model_config.scan_layers:
+      state, data_state, _ = self.checkpointer.restore(step, abstract)
+      return state, data_state
+    convert = models.unscan_params if saved_scanned else models.scan_params
+    back = models.scan_params if saved_scanned else models.unscan_params
+    replicated = jax.sharding.NamedSharding(self.experiment.mesh, jax.sharding.PartitionSpec())
+    saved_layout = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(back, abstract))
+    state, data_state, _ = self.checkpointer.restore(step, saved_layout)
+    return jax.device_put(convert(state), self.experiment.state_sharding), data_state
+
   def restore_or_init(self):
-    """(state in the strategy's layout, data iterator), from the newest checkpoint when
-    there is one."""
+    """(state in the strategy's layout, data iterator, the restored step or None), from the
+    newest checkpoint that restores; a damaged one is reported and moved aside."""
     iterator = self.experiment.datasets.train_iter()
-    step = self.checkpointer.latest_step()
-    if step is None:
-      state = self.experiment.init_state(self.experiment.rng)
-    else:
-      state, data_state, _ = self.checkpointer.restore(step, self.experiment.abstract_state)
+    for step in reversed(self.checkpointer.all_steps()):
+      try:
+        state, data_state = self._restore(step)
+      except Exception as error:   # a damaged checkpoint: files lost or truncated
+        reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}'
+        where = self.checkpointer.quarantine(step) if self.is_main else 'aside'
+        self._say(f'checkpoint {step} does not restore ({reason}); moved it to {where} and '
+                  'trying the one before it')
+        continue
       if data_state:
         iterator.set_state(data_state)
-      logging.info('restored step %d from %s', step, self.workdir / 'checkpoints')
-    return self.strategy.put_state(state), iterator
+      return self.strategy.put_state(state), iterator, step
+    return (self.strategy.put_state(self.experiment.init_state(self.experiment.rng)),
+            iterator, None)
 
   def save(self, state, iterator, metrics=None) -> None:
     host_state = self.strategy.one_copy(state)
@@ -144,17 +240,52 @@ class Trainer:
     self.checkpointer.save(step, host_state, iterator.get_state(), self.config.to_dict(),
                            metrics=metrics)
 
+  def _say(self, line: str) -> None:
+    """A line for the user on stdout (process 0), also logged."""
+    logging.info(line)
+    if self.is_main:
+      print(line, flush=True)
+
+  def _summary(self, start: int, restored: int | None) -> None:
+    exp, config = self.experiment, self.config
+    cfg = exp.model_config
+    params = sum(x.size for x in jax.tree.leaves(exp.abstract_state.params))
+    layers = (f'{cfg.num_layers}+{cfg.resolved_num_decoder_layers}'
+              if exp.task.model_class.__name__ == 'Transformer' else f'{cfg.num_layers}')
+    mesh = ' '.join(f'{k}={v}' for k, v in exp.mesh.shape.items())
+    devices = jax.devices()
+    info = exp.datasets.info
+    data = ', '.join(f'{k.replace("_", " ")} {v:,}' for k, v in info.items())
+    status = (f'resuming from step {start} of {config.train.num_steps}' if restored is not None
+              else f'starting fresh ({config.train.num_steps} steps)')
+    self._say(f'task {exp.task.name}: {type(exp.model).__name__}, {layers} layers, '
+              f'd_model {cfg.d_model}, {params / 1e6:.2f}M parameters, {cfg.dtype}'
+              f'{", scanned layers" if cfg.scan_layers else ""}')
+    self._say(f'devices: {len(devices)} x {devices[0].device_kind} in '
+              f'{jax.process_count()} process(es), mesh {mesh} ({config.parallelism}); '
+              f'global batch {config.train.batch_size} rows')
+    self._say(f'data: {data}; splits {"/".join(exp.datasets.splits)}')
+    self._say(f'workdir {self.workdir}: {status}')
+
   # --- the loop -----------------------------------------------------------------------------
 
   def run(self) -> dict[str, float]:
+    """Trains to `train.num_steps` (resuming the workdir's newest good checkpoint), then
+    prints examples; returns the last evaluation's metrics ({} if nothing was trained)."""
     cfg = self.config.train
+    num_steps = cfg.num_steps
+    newest = self.checkpointer.latest_step()
+    if newest is not None and newest >= num_steps:
+      self._say(f'workdir {self.workdir}: finished (step {newest} of {num_steps}); nothing '
+                f'to train (`python -m transformer evaluate --workdir {self.workdir}` scores it)')
+      return {}
+    compiling = self.compile_ahead()
+    state, iterator, restored = self.restore_or_init()
+    start = int(self.strategy.one_copy(state.step))
+    self._summary(start, restored)
     if self.is_main:
       (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
-    compiling = self.compile_ahead()
-    writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main)
-    state, iterator = self.restore_or_init()
-    start = int(self.strategy.one_copy(state.step))
-    num_steps = cfg.num_steps
+    writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main, resume_step=start)
     task, model_config = self.experiment.task, self.experiment.model_config
     flops_per_token = task.flops_per_token(model_config,
                                            task.sequence_lengths(self.config.data))
@@ -166,34 +297,64 @@ class Trainer:
     throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
     logging.info('model FLOPs/token %.3g; peak %.3g FLOP/s per device (%s)',
                  flops_per_token, peak, peak_source)
-
-    eval_metrics: dict[str, float] = {}
-    pending = None          # (first step, device metrics, steps) of the previous call
-    window: dict[str, float] = {}
-    window_steps = 0
-    window_tokens = 0.0
-
-    def account(first_step, values):
-      nonlocal window, window_steps, window_tokens
-      for done_step, step_values in enumerate(values, first_step):
-        for k, v in step_values.items():
-          window[k] = window.get(k, 0.0) + v
-        window_steps += 1
-        window_tokens += step_values['tokens']
-        if done_step % cfg.log_every == 0 or done_step == 1 or done_step == num_steps:
-          self._log_train(writer, done_step, window, window_steps, window_tokens, throughput,
-                          bar)
-          window, window_steps, window_tokens = {}, 0, 0.0
-
     bar = tqdm(total=num_steps, initial=start, disable=not self.is_main, desc='train',
                dynamic_ncols=True, mininterval=1.0)
-    preempted = False
+    log = _TrainLog(writer, throughput, bar, log_every=cfg.log_every, num_steps=num_steps,
+                    skip_limit=cfg.skip_nonfinite, start=start)
+    try:
+      state, eval_metrics, preempted = self._train(state, iterator, start, log, writer,
+                                                   throughput, bar)
+    except _NonFinite as stop:
+      bar.close()
+      self.checkpointer.wait()
+      writer.close()
+      last = self.checkpointer.latest_step()
+      values = stop.values
+      raise RunStopped(
+          f"step {stop.step}: the loss ({values['loss']:.4g}) or the gradient norm "
+          f"({values['grad_norm']:.4g}) is not finite; stopped before it reached the "
+          'parameters. '
+          + (f'The newest checkpoint, step {last}, is finite: resume from it '
+             if last is not None else 'No checkpoint was written yet: restart ')
+          + 'with a lower optim.learning_rate (or train.skip_nonfinite=N to skip up to N '
+          'such steps)') from None
+    bar.close()
+    step = int(self.strategy.one_copy(state.step))
+    if (preempted or num_steps > start) and step not in self.checkpointer.all_steps():
+      self.save(state, iterator)
+    self.checkpointer.wait()
+    writer.flush()
+    writer.close()
+    self.final_state = self.strategy.one_copy(state)
+    if preempted:
+      logging.warning('SIGTERM: saved step %d and stopped', step)
+      self._say(f'preempted: checkpoint saved at step {step}')
+      return eval_metrics
+    for line in self.evaluator.examples(state.params, cfg.num_examples_to_show):
+      self._say(line)
+    return eval_metrics
+
+  def _train(self, state, iterator, start: int, log: _TrainLog, writer, throughput, bar
+             ) -> tuple[Any, dict[str, float], bool]:
+    """The steps from `start`: (final state, last evaluation, whether SIGTERM stopped it)."""
+    cfg = self.config.train
+    num_steps = cfg.num_steps
+    eval_metrics: dict[str, float] = {}
+    pending = None          # (first step, device metrics, steps) of the previous call
+
+    def drain():
+      nonlocal pending
+      if pending is not None:
+        log.add(pending[0], self._per_step_metrics(*pending[1:]))
+        pending = None
+
     step = start
     with _Preemption() as preemption:
       while step < num_steps:
         if preemption.requested:
-          preempted = True
-          break
+          drain()
+          log.write(step)   # the window before the signal, labelled with its steps
+          return state, eval_metrics, True
         # A call never crosses an evaluation or checkpoint step, nor the end.
         steps = min(self.steps_per_call, num_steps - step,
                     cfg.eval_every - step % cfg.eval_every,
@@ -201,57 +362,54 @@ class Trainer:
         state, device_metrics = self.strategy.train(state,
                                                     self._next_train_input(iterator, steps))
         if pending is not None:  # the previous call's metrics, while this one runs
-          account(pending[0], self._per_step_metrics(*pending[1:]))
+          drain()
         pending = (step + 1, device_metrics, steps)
         step += steps
         bar.update(steps)
 
         last = step == num_steps
-        if step % cfg.eval_every == 0 or last:
+        evaluate = step % cfg.eval_every == 0 or last
+        checkpoint = step % cfg.checkpoint_every == 0 or last
+        if evaluate or checkpoint:
+          drain()   # every step's loss is seen (and found finite) before these
+        if evaluate:
           eval_start = time.perf_counter()
           eval_metrics = self.evaluator.evaluate(state.params)
           writer.write(step, eval_metrics)
           bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4g}'
                                                   for k, v in eval_metrics.items()))
           throughput.exclude(time.perf_counter() - eval_start)
-        if step % cfg.checkpoint_every == 0 or last:
-          self.save(state, iterator, eval_metrics if step % cfg.eval_every == 0 or last
-                    else None)
-    if pending is not None and not preempted:
-      account(pending[0], self._per_step_metrics(*pending[1:]))
-    bar.close()
-    if preempted or num_steps > start:
-      host_step = int(self.strategy.one_copy(state.step))
-      if host_step not in self.checkpointer.all_steps():
-        self.save(state, iterator)
-    self.checkpointer.wait()
-    writer.flush()
-    writer.close()
-    if preempted:
-      logging.warning('SIGTERM: saved step %d and stopped', host_step)
-      print(f'preempted: checkpoint saved at step {host_step}', flush=True)
-    self.final_state = self.strategy.one_copy(state)
-    if not preempted:
-      for line in self.evaluator.examples(state.params, cfg.num_examples_to_show):
-        print(line, flush=True)
-    return eval_metrics
-
-  def _log_train(self, writer, step, window, steps, tokens, throughput, bar) -> None:
-    means = {f'train/{k}': v / steps for k, v in window.items()
-             if k not in ('tokens', 'sequences')}
-    rates = throughput.update(tokens)
-    scalars = {**means, **rates}
-    writer.write(step, scalars)
-    postfix = {'loss': f"{means.get('train/loss', float('nan')):.4f}"}
-    if 'train/tokens_per_sec' in rates:
-      postfix['tok/s'] = f"{rates['train/tokens_per_sec']:.0f}"
-    bar.set_postfix(postfix, refresh=False)
+        if checkpoint:
+          self.save(state, iterator, eval_metrics if evaluate else None)
+    drain()
+    return state, eval_metrics, False
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                        ) -> dict[str, float]:
-  """Sets up the process, builds the experiment, trains (or resumes) the run in `workdir`;
-  returns the final evaluation metrics."""
+  """What `train.py` does: set up the process, take the workdir's lock, refuse to resume
+  a different model, build the experiment and run it. Returns the final evaluation."""
   process.setup(config)
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-  return Trainer(experiment_lib.build(config, workdir)).run()
+  mesh = experiment_lib.check_config(config)   # before the workdir is created or touched
+  workdir = pathlib.Path(workdir)
+  created = not workdir.exists()
+  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+      if (workdir / 'checkpoints').is_dir():
+        checkpointer = checkpoint_lib.Checkpointer(workdir / 'checkpoints', asynchronous=False)
+        for step in reversed(checkpointer.all_steps()):
+          try:
+            saved = checkpointer.restore_config(step)
+          except Exception:    # damaged: the trainer reports it and falls back
+            continue
+          check_resume(config, saved, workdir, step)
+          break
+        checkpointer.close()
+      trainer = Trainer(experiment_lib.build(config, workdir, mesh=mesh))
+      return trainer.run()
+  except UserError:
+    # A run that could not start leaves no folder behind it (one it created, that is).
+    if created and not (workdir / 'checkpoints').is_dir():
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise

@@ -1,8 +1,18 @@
-"""Metric writers (metrics.jsonl and TensorBoard), BLEU, and throughput/MFU accounting."""
+"""Metric writers (metrics.jsonl and TensorBoard), BLEU, and throughput/MFU accounting.
+
+metrics.jsonl holds one strict-JSON object per logged step, e.g.
+`{"step": 200, "train/loss": 1.93, "train/first_step": 101, "train/tokens_per_sec": 21000}`
+(training windows say which steps they average: `train/first_step` .. `step`) or
+`{"step": 200, "eval/loss": 2.01, ...}`. A value that is not finite is written as `null`
+(strict JSON has no NaN). When a run resumes from step s, lines of later steps (written
+before a crash, after the checkpoint it resumes from) are dropped, so each step is logged
+once; `read_metrics` reads the file.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import re
 import threading
@@ -20,7 +30,9 @@ class MetricWriter:
   Only process 0 writes; other processes get a writer that does nothing.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True,
+               resume_step: int | None = None):
+    """`resume_step`: the checkpoint step a resumed run starts from; later lines go."""
     self.enabled = enabled
     self._tb = None
     self._opening = None
@@ -28,6 +40,8 @@ class MetricWriter:
       return
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self.path.exists():
+      self._drop_after(0 if resume_step is None else resume_step)
     # tensorboardX imports PyTorch when it is installed (over a second): open the writer in
     # the background while the run starts up.
     self._opening = threading.Thread(target=self._open_tensorboard,
@@ -47,15 +61,26 @@ class MetricWriter:
       self._opening = None
     return self._tb
 
+  def _drop_after(self, step: int) -> None:
+    """Keeps the lines of steps <= `step` (written atomically: a crash here loses nothing)."""
+    lines = self.path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+    if len(kept) != len([line for line in lines if line.strip()]):
+      tmp = self.path.with_suffix('.jsonl.tmp')
+      tmp.write_text(''.join(line + '\n' for line in kept))
+      tmp.replace(self.path)
+
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled or not scalars:
       return
-    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    values = {k: v if isinstance(v, int) else float(v) for k, v in scalars.items()}
+    record = {'step': int(step), **{k: v if math.isfinite(v) else None
+                                    for k, v in values.items()}}
     with self.path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+      f.write(json.dumps(record, allow_nan=False) + '\n')
     if (tb := self._tensorboard()) is not None:
-      for k, v in scalars.items():
-        tb.add_scalar(k, float(v), int(step))
+      for k, v in values.items():
+        tb.add_scalar(k, v, int(step))
 
   def flush(self) -> None:
     if (tb := self._tensorboard()) is not None:
@@ -67,6 +92,7 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """The records of metrics.jsonl, in order (a non-finite value reads as None)."""
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from transformer.errors import ConfigError
+
 
 def paper_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax.Schedule:
   """lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)  (paper, eq. 3).
@@ -36,7 +38,7 @@ def make_schedule(optim, d_model: int, total_steps: int) -> optax.Schedule:
     ], [optim.warmup_steps])
   if name == 'constant':
     return optax.constant_schedule(optim.learning_rate)
-  raise ValueError(f"unknown schedule {name!r}: use 'paper', 'warmup_cosine', "
+  raise ConfigError(f"unknown schedule {name!r} (optim.schedule): use 'paper', 'warmup_cosine', "
                    "'warmup_linear' or 'constant'")
 
 

@@ -19,6 +19,7 @@ import ml_collections
 from transformer import experiment as experiment_lib
 from transformer import sharding
 from transformer.data.tokenizers import load_tokenizer, synthetic_tokenizer
+from transformer.errors import CheckpointError, UserError
 from transformer.train import checkpoint as checkpoint_lib
 
 
@@ -44,7 +45,7 @@ def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     return load_tokenizer(directory)
   if config.data.tokenizer == 'synthetic':
     return synthetic_tokenizer(config.data.synthetic_vocab)
-  raise FileNotFoundError(f'no tokenizer in {directory}')
+  raise CheckpointError(f'no tokenizer in {directory}: is {workdir} a run folder?')
 
 
 def one_device_mesh():
@@ -62,12 +63,12 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
                   if checkpoint_dir.is_dir() else None)
   available = checkpointer.all_steps() if checkpointer else []
   if not available:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: train first with '
+    raise CheckpointError(f'no checkpoint in {checkpoint_dir}: train first with '
                             f'`python train.py --workdir {workdir}`')
   if step is not None and step not in available:
-    raise ValueError(f'no checkpoint at step {step} in {checkpoint_dir}; have {available}')
+    raise CheckpointError(f'no checkpoint at step {step} in {checkpoint_dir}; have {available}')
   if average_last < 1:
-    raise ValueError(f'average_last must be >= 1, got {average_last}')
+    raise UserError(f'--average_last must be >= 1, got {average_last}')
   newest = available[-1] if step is None else step
   config = ml_collections.ConfigDict(checkpointer.restore_config(newest))
   tokenizer = run_tokenizer(config, workdir)

@@ -89,10 +89,17 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task,
   grads, sums = _sum_over(axis_name, (grads, sums))
   weight_total = jnp.maximum(sums['weight_sum'], 1e-9)
   grads = jax.tree.map(lambda g: g / weight_total.astype(g.dtype), grads)
-  new_state = state.apply_gradients(grads=grads)
+  grad_norm = optax.global_norm(grads)
+  # A non-finite loss or gradient never reaches the parameters: that update is skipped
+  # (the step counter still advances, as the data does) and `finite` tells the loop, which
+  # stops the run or counts the skip (train.skip_nonfinite).
+  finite = jnp.isfinite(sums['loss_sum']) & jnp.isfinite(grad_norm)
+  new_state = jax.lax.cond(finite, lambda: state.apply_gradients(grads=grads),
+                           lambda: state.replace(step=state.step + 1))
   metrics = summarise(sums)
   metrics['tokens'] = sums['processed_tokens']
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = grad_norm
+  metrics['finite'] = finite.astype(jnp.float32)
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)
   return new_state, metrics

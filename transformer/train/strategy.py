@@ -24,6 +24,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from transformer import sharding
+from transformer.errors import ConfigError
 from transformer.train.step import scan_steps
 
 
@@ -105,6 +106,6 @@ def make_strategy(name: str, mesh: Mesh, state_sharding: Any, train_fn: Callable
   try:
     cls = STRATEGIES[name]
   except KeyError:
-    raise ValueError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
+    raise ConfigError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
                      f'{name!r}') from None
   return cls(mesh, state_sharding, train_fn, eval_fn, steps_per_call)

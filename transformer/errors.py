@@ -1,0 +1,100 @@
+"""The errors a user acts on, as opposed to bugs.
+
+`train.py` and `python -m transformer` print a `UserError` as one line, `error: ...`, and
+exit with status 2 (`--debug` shows the traceback); a `RunStopped` as one line with exit
+status 3. Anything else is a bug and keeps its traceback.
+
+Both subclass the built-in exceptions the library raised before (`ValueError`,
+`FileNotFoundError`, `RuntimeError`), so code that catches those still does.
+"""
+
+
+class UserError(ValueError):
+  """Something the user fixes in the config, the data, the workdir or the command line."""
+
+
+class ConfigError(UserError):
+  """An invalid or inconsistent configuration value."""
+
+
+class DataError(UserError):
+  """A corpus that is missing, empty, misaligned or not UTF-8."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder the run needs is not there."""
+
+
+class CheckpointError(UserError):
+  """A workdir whose checkpoints cannot serve this run (wrong model, damaged, absent)."""
+
+
+class RunStopped(RuntimeError):
+  """The run stopped on purpose before its last step (e.g. a non-finite loss)."""
+
+
+# --- the command lines' side: one line per user error ---------------------------------------
+
+def report(error: BaseException, *, debug: bool = False) -> int:
+  """Prints `error` for a user and returns the exit status (2, or 3 for a stopped run)."""
+  import sys
+  import traceback
+  if debug:
+    traceback.print_exception(error)
+  prefix = 'stopped' if isinstance(error, RunStopped) else 'error'
+  message = ' '.join(str(error).split()) or type(error).__name__
+  print(f'{prefix}: {message}', file=sys.stderr, flush=True)
+  return 3 if isinstance(error, RunStopped) else 2
+
+
+def guarded(fn, *args, debug: bool = False) -> int:
+  """`fn(*args)` (an int exit status or None), with user errors reported in one line."""
+  try:
+    return fn(*args) or 0
+  except (UserError, RunStopped) as error:
+    return report(error, debug=debug)
+
+
+def _config_flag_message(error: BaseException, argv: list[str]) -> str:
+  """One line for what went wrong while absl parsed the flags and loaded the config."""
+  import re
+
+  from absl import flags
+  text = ' '.join(str(error).replace('\\n', ' ').replace("\\'", "'").split())
+  if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+    text = text[1:-1]
+  if isinstance(error, flags.Error) and not isinstance(error, flags.IllegalFlagValueError):
+    return f'{text} (--help lists the flags)'
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  if isinstance(error, (AttributeError, KeyError)) or suggestion:
+    overrides = [a.split('=')[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+    where = f"config field {', '.join(overrides)}" if overrides else 'config field'
+    hint = f'; did you mean {suggestion.group(1)!r}?' if suggestion else ''
+    return (f'unknown {where}{hint} (transformer/train/defaults.py lists every field)')
+  if isinstance(error, OSError) and 'config file' in text:
+    missing = re.findall(r"'([^']+\.py)'", text)
+    reason = text.split(']')[-1].split(':')[0].strip() if ']' in text else text
+    return f'cannot load the config file {missing[-1] if missing else ""}: {reason}'
+  return text
+
+
+def run_absl_main(main, define_flags, *, debug: bool = False):
+  """`define_flags()` then `absl.app.run(main)`, with flag and config errors, and user
+  errors raised by `main`, reported as one line (exit 2) instead of a traceback."""
+  import sys
+
+  from absl import app, flags
+  try:
+    define_flags()   # (config_flags applies --config.* overrides already here)
+    argv = flags.FLAGS(sys.argv)
+    if 'config' in flags.FLAGS:
+      flags.FLAGS.config.to_dict()   # loads the config file: a missing one fails here
+  except SystemExit:
+    raise
+  except Exception as error:   # noqa: BLE001 - flag parsing: every failure is the user's
+    if debug:
+      raise
+    print(f'error: {_config_flag_message(error, sys.argv)}', file=sys.stderr, flush=True)
+    return 2
+  # Parsed once: config_flags defines its override flags while parsing.
+  app.run(lambda argv: guarded(main, argv, debug=debug), flags_parser=lambda _: argv)
