@@ -107,11 +107,13 @@ def make_trainer(config, workdir):
 
 
 def train_py(workdir, overrides: dict, *, cache=None, config: str | None = None,
-             env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+             env: dict | None = None, timeout: float = 300,
+             extra_args: list[str] = ()) -> subprocess.CompletedProcess:
   """Runs `python train.py` into `workdir` (a fresh process, as a user runs it); `cache`:
   its --compilation_cache (None: the tests' shared cache from the environment)."""
   env = dict(os.environ if env is None else env)
-  args = [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)]
+  args = [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides),
+          *extra_args]
   if config:
     args.insert(2, f'--config={config}')
   if cache is not None:

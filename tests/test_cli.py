@@ -81,6 +81,28 @@ def test_empty_input_is_an_error(translation_workdir):
   assert result.returncode == 2 and 'no input' in result.stderr
 
 
+@pytest.mark.slow
+def test_cli_input_problems_are_named(translation_workdir):
+  workdir = str(translation_workdir)
+  # Undecodable bytes: the line is named.
+  bad = subprocess.run([sys.executable, '-m', 'transformer', 'translate', '--workdir', workdir],
+                       cwd=REPO, input=b'123\n45\xff6\n', capture_output=True, timeout=300)
+  assert bad.returncode == 2
+  assert bad.stderr.decode().strip() .startswith('error: stdin line 2 is not valid UTF-8')
+  # A line longer than max_len=16 tokens: a warning naming it, then its first 15 tokens.
+  long_line = '1234567890' * 3
+  result = cli('translate', '--workdir', workdir, stdin=f'12\n{long_line}\n')
+  assert result.returncode == 0
+  assert 'warning: stdin line 2 is 31 tokens; the model reads 16' in result.stderr
+  assert len(result.stdout.splitlines()) == 2
+  strict = cli('translate', '--workdir', workdir, '--strict', stdin=f'12\n{long_line}\n')
+  assert strict.returncode == 2 and 'error: stdin line 2 is 31 tokens' in strict.stderr
+  # Averaging more checkpoints than there are says how many it used.
+  result = cli('evaluate', '--workdir', workdir, '--average_last', '50')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'averaged those (steps 400, 600)' in result.stderr
+
+
 @pytest.fixture(scope='module')
 def lm_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('charlm')
@@ -110,8 +132,16 @@ def test_generate_round_trip_and_errors(lm_workdir):
   same = cli('generate', '--workdir', str(lm_workdir), '--prompt', 'abc',
              '--max_new_tokens', '40', '--temperature', '0.8', '--seed', '3')
   assert again.stdout == same.stdout
-  too_long = cli('generate', '--workdir', str(lm_workdir), '--prompt', 'abc' * 10)
-  assert too_long.returncode == 2 and 'max_len=16' in too_long.stderr
+  # A prompt longer than the context: a warning, and the newest tokens are read ...
+  too_long = cli('generate', '--workdir', str(lm_workdir), '--prompt', 'abc' * 10,
+                 '--max_new_tokens', '5', '--temperature', '0')
+  assert too_long.returncode == 0, too_long.stderr[-2000:]
+  assert 'warning: the prompt is 30 tokens; the model reads 16 (max_len)' in too_long.stderr
+  assert too_long.stdout.startswith('abc' * 10) and len(too_long.stdout.strip()) == 35
+  # ... or, with --strict, an error in one line.
+  strict = cli('generate', '--workdir', str(lm_workdir), '--prompt', 'abc' * 10, '--strict')
+  assert strict.returncode == 2 and strict.stderr.strip().startswith('error: the prompt is 30')
+  assert len(strict.stderr.strip().splitlines()) == 1
   wrong_model = cli('translate', '--workdir', str(lm_workdir), stdin='abc\n')
   assert wrong_model.returncode == 2 and 'DecoderLM' in wrong_model.stderr
   evaluated = cli('evaluate', '--workdir', str(lm_workdir))

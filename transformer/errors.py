@@ -67,8 +67,11 @@ def _config_flag_message(error: BaseException, argv: list[str]) -> str:
     return f'{text} (--help lists the flags)'
   suggestion = re.search(r'Did you mean "([^"]+)"', text)
   if isinstance(error, (AttributeError, KeyError)) or suggestion:
+    unknown = re.search(r"instead of \"([^\"]+)\"|^'?([\w.]+)'?", text)
+    name = unknown and (unknown.group(1) or unknown.group(2))
     overrides = [a.split('=')[0][len('--config.'):] for a in argv if a.startswith('--config.')]
-    where = f"config field {', '.join(overrides)}" if overrides else 'config field'
+    culprits = [o for o in overrides if name and o.split('.')[-1] == name] or overrides[-1:]
+    where = f'config field {culprits[0]}' if culprits else 'config field'
     hint = f'; did you mean {suggestion.group(1)!r}?' if suggestion else ''
     return (f'unknown {where}{hint} (transformer/train/defaults.py lists every field)')
   if isinstance(error, OSError) and 'config file' in text:

@@ -29,6 +29,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from transformer import decode
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from transformer.errors import UserError
 from transformer.models import DecoderLM, Transformer, unscanned
 
 # The paper's output limit (section 6.1): input length + 50 tokens.
@@ -267,7 +268,8 @@ def translate_texts(model: Transformer, params: Any, tokenizer: Any, texts: Sequ
   batched in length buckets; outputs are at most input length + `max_extra_len` tokens.
   """
   if not isinstance(model, Transformer):
-    raise ValueError(f'translation needs an encoder-decoder Transformer, not {type(model).__name__}')
+    raise UserError('translation needs an encoder-decoder Transformer, not '
+                    f'{type(model).__name__}')
   tok, max_len = tokenizer, model.config.max_len
   encoded = [(tok.encode(t) + [tok.eos_id])[:max_len] for t in texts]
   order = np.argsort([len(e) for e in encoded], kind='stable')
@@ -303,17 +305,15 @@ def generate_text(model: DecoderLM, params: Any, tokenizer: Any, prompt: str, *,
   """Continuations of `prompt` from a decoder-only run (sampling; temperature 0 = greedy).
 
   Past the model's context (`max_len` positions), generation slides a window: it keeps
-  the newest half-context of tokens as the next prompt, as nanoGPT crops its context.
+  the newest half-context of tokens as the next prompt, as nanoGPT crops its context (a
+  prompt longer than the context is read from its newest tokens likewise).
   """
   if not isinstance(model, DecoderLM):
-    raise ValueError(f'generation needs a DecoderLM, not {type(model).__name__}')
+    raise UserError(f'generation needs a DecoderLM, not {type(model).__name__}')
   tok, max_len = tokenizer, model.config.max_len
   ids = ([tok.bos_id] if getattr(tok, 'bos_id', None) is not None else []) + tok.encode(prompt)
   if not ids:
-    raise ValueError('the prompt is empty and the tokenizer has no bos token to start from')
-  if len(ids) > max_len:
-    raise ValueError(f'the prompt is {len(ids)} tokens; the model reads at most '
-                     f'max_len={max_len}')
+    raise UserError('the prompt is empty and the tokenizer has no bos token to start from')
   eos = tok.eos_id if getattr(tok, 'eos_id', None) is not None else -1
   rows = np.tile(np.asarray(ids, np.int32), (num_samples, 1))  # [samples, length]
   rng = jax.random.PRNGKey(seed)
@@ -326,8 +326,8 @@ def generate_text(model: DecoderLM, params: Any, tokenizer: Any, prompt: str, *,
     step_tokens = min(remaining, max_len - keep + 1)
     rng, key = jax.random.split(rng)
     new = generate(model, params, jnp.asarray(rows[:, length - keep:]),
-                          max_new_tokens=step_tokens, rng=key, temperature=temperature,
-                          top_k=top_k, top_p=top_p, eos_id=eos)
+                   max_new_tokens=step_tokens, rng=key, temperature=temperature,
+                   top_k=top_k, top_p=top_p, eos_id=eos)
     rows = np.concatenate([rows, np.asarray(new)], axis=1)
     remaining -= step_tokens
     if eos >= 0 and (rows[:, len(ids):] == eos).any(axis=1).all():

@@ -28,8 +28,9 @@ def test_train_py_runs_offline_writes_metrics_and_checkpoint_and_learns(tmp_path
   result = train_py(workdir, overrides, cache=tmp_path / 'xla')
   assert result.returncode == 0, result.stderr[-3000:]
   assert any((tmp_path / 'xla').iterdir())   # the train step was cached for the next run
-  assert 'final eval' in result.stdout
+  assert 'final eval' in result.stdout and 'starting fresh (120 steps)' in result.stdout
   records = metrics_lib.read_metrics(workdir)
+  assert records[0]['train/first_step'] == 1
   evals = [r for r in records if 'eval/accuracy' in r]
   assert [r['step'] for r in evals] == [40, 80, 120]
   assert evals[-1]['eval/accuracy'] > evals[0]['eval/accuracy'] + 0.05
@@ -294,8 +295,11 @@ def test_checkpoint_restores_onto_another_device_count(tmp_path, first, second):
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+  """... logging the steps since the last record first; the resumed run says where it
+  starts, labels its first window, and ends where an uninterrupted run ends; run again,
+  it says the workdir is finished."""
   workdir = tmp_path / 'run'
-  overrides = {**tiny_overrides(), 'train.num_steps': 100_000}
+  overrides = {**tiny_overrides(), 'train.num_steps': 100_000, 'train.log_every': 7}
   process = subprocess.Popen(
       [sys.executable, 'train.py', f'--workdir={workdir}', *flag_args(overrides)],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -311,11 +315,20 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   assert 'preempted: checkpoint saved at step' in stdout
   saved_step = int(stdout.split('checkpoint saved at step')[1].split()[0])
   assert checkpoint_steps(workdir)[-1] == saved_step > 0
+  train = [r for r in metrics_lib.read_metrics(workdir) if 'train/loss' in r]
+  assert train[-1]['step'] == saved_step      # the last window was logged before exit
 
   overrides['train.num_steps'] = saved_step + 5
   result = train_py(workdir, overrides)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f'resuming from step {saved_step} of {saved_step + 5}' in result.stdout
   assert checkpoint_steps(workdir)[-1] == saved_step + 5
+  train = [r for r in metrics_lib.read_metrics(workdir) if 'train/loss' in r]
+  after = [r for r in train if r['step'] > saved_step]
+  assert after[0]['train/first_step'] == saved_step + 1
+  again = train_py(workdir, overrides)
+  assert again.returncode == 0 and 'finished (step' in again.stdout
+  assert 'final eval' not in again.stdout
   # The interrupted run ends exactly where an uninterrupted one does.
   straight = train_py(tmp_path / 'straight', overrides)
   assert straight.returncode == 0, straight.stderr[-3000:]

@@ -103,18 +103,3 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the shardings that a restore should produce."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
-
-
-def average_params(checkpointer: Checkpointer, steps: list[int], abstract_state: Any) -> Any:
-  """The element-wise mean of the parameters saved at `steps` (paper section 6.1 averages
-  the last 5 checkpoints of the base models), accumulated in float32."""
-  if not steps:
-    raise ValueError('no checkpoint steps to average')
-  total = dtypes = None
-  for step in steps:
-    params = checkpointer.restore_state(step, abstract_state).params
-    if dtypes is None:
-      dtypes = jax.tree.map(lambda x: x.dtype, params)
-    params = jax.tree.map(lambda x: x.astype('float32'), params)
-    total = params if total is None else jax.tree.map(lambda a, b: a + b, total, params)
-  return jax.tree.map(lambda t, d: (t / len(steps)).astype(d), total, dtypes)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from transformer import experiment as experiment_lib
@@ -52,10 +53,19 @@ def one_device_mesh():
   return sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
 
 
-def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
-             average_last: int = 1) -> Run:
+def _first_line(error: Exception) -> str:
+  return f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:200]}'
+
+
+def load_run(workdir: str | pathlib.Path, *, step: int | None = None, average_last: int = 1,
+             report: Callable[[str], None] | None = None) -> Run:
   """The run's model with the parameters of `step` (default: the newest checkpoint), or
-  the average of the newest `average_last` checkpoints."""
+  the average of the newest `average_last` checkpoints up to it.
+
+  A checkpoint that does not restore (a file lost or truncated) is skipped for the ones
+  before it, and `report` (e.g. a warning printer) is told; nothing is moved or deleted.
+  `Run.steps` lists the checkpoints used (fewer than `average_last` if the run has fewer).
+  """
   workdir = pathlib.Path(workdir)
   checkpoint_dir = workdir / 'checkpoints'
   # (Checked first because a Checkpointer would create the folder.)
@@ -64,17 +74,38 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None,
   available = checkpointer.all_steps() if checkpointer else []
   if not available:
     raise CheckpointError(f'no checkpoint in {checkpoint_dir}: train first with '
-                            f'`python train.py --workdir {workdir}`')
+                          f'`python train.py --workdir {workdir}`')
   if step is not None and step not in available:
     raise CheckpointError(f'no checkpoint at step {step} in {checkpoint_dir}; have {available}')
   if average_last < 1:
     raise UserError(f'--average_last must be >= 1, got {average_last}')
-  newest = available[-1] if step is None else step
-  config = ml_collections.ConfigDict(checkpointer.restore_config(newest))
-  tokenizer = run_tokenizer(config, workdir)
-  experiment = experiment_lib.build(config, vocab_size=tokenizer.vocab_size,
-                                    mesh=one_device_mesh())
-  steps = [s for s in available if s <= newest][-average_last:]
-  params = checkpoint_lib.average_params(checkpointer, steps, experiment.abstract_state)
+  report = report or (lambda message: None)
+  candidates = [s for s in available if step is None or s <= step][::-1]   # newest first
+  experiment, config, tokenizer, steps, total = None, None, None, [], None
+  for candidate in candidates:
+    try:
+      if experiment is None:
+        config = ml_collections.ConfigDict(checkpointer.restore_config(candidate))
+        tokenizer = run_tokenizer(config, workdir)
+        experiment = experiment_lib.build(config, vocab_size=tokenizer.vocab_size,
+                                          mesh=one_device_mesh())
+      params = checkpointer.restore_state(candidate, experiment.abstract_state).params
+      steps.append(candidate)
+    except UserError:
+      raise
+    except Exception as error:   # a damaged checkpoint
+      report(f'checkpoint {candidate} in {checkpoint_dir} does not restore '
+             f'({_first_line(error)}); using the ones before it')
+      continue
+    # The paper (section 6.1) averages the last 5 checkpoints of its base models: a sum
+    # in float32, one checkpoint in memory at a time.
+    as_float = jax.tree.map(lambda x: x.astype('float32'), params)
+    total = as_float if total is None else jax.tree.map(jnp.add, total, as_float)
+    if len(steps) == average_last:
+      break
   checkpointer.close()
-  return Run(workdir, config, experiment, {'params': params}, tokenizer, steps)
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {checkpoint_dir} restores (all '
+                          f'{len(candidates)} are damaged)')
+  averaged = jax.tree.map(lambda t, x: (t / len(steps)).astype(x.dtype), total, params)
+  return Run(workdir, config, experiment, {'params': averaged}, tokenizer, steps[::-1])
