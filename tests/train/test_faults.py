@@ -5,7 +5,6 @@ nothing good is deleted, and what the user reads is one line.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -28,8 +28,9 @@ def tiny_lm_setup(grad_accum_steps=1):
 
 def test_gradient_accumulation_equals_one_big_batch():
   model, state, batch = tiny_lm_setup()
-  run = lambda n: step_lib.train_step(state, batch, model=model, task=get_task('lm'),
-                                      dropout_key=jax.random.PRNGKey(0), grad_accum_steps=n)
+  run = lambda n: jax.jit(lambda s, b: step_lib.train_step(
+      s, b, model=model, task=get_task('lm'), dropout_key=jax.random.PRNGKey(0),
+      grad_accum_steps=n))(state, batch)
   one, m1 = run(1)
   four, m4 = run(4)
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-6)
