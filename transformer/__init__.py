@@ -13,17 +13,31 @@ parameters (`attention.MultiHeadAttention`, `layers.*`, `models.*`); `ModelConfi
 `config` describes a whole model.
 """
 
-from transformer import attention, config, decode, layers, models, positional
-from transformer.attention import (AttentionMask, MultiHeadAttention, dot_product_attention,
-                                   make_causal_mask, make_padding_mask, make_segment_mask)
-from transformer.config import ModelConfig, paper_base, paper_big, tiny
-from transformer.models import DecoderLM, EncoderModel, Transformer
-from transformer.positional import apply_rope, sinusoidal_encoding
+import importlib
 
-__all__ = [
-    'attention', 'config', 'decode', 'layers', 'models', 'positional',
-    'AttentionMask', 'MultiHeadAttention', 'dot_product_attention', 'make_causal_mask',
-    'make_padding_mask',
-    'make_segment_mask', 'ModelConfig', 'paper_base', 'paper_big', 'tiny', 'DecoderLM',
-    'EncoderModel', 'Transformer', 'apply_rope', 'sinusoidal_encoding',
-]
+# Names load on first use (PEP 562), so that light submodules (the data pipeline's worker
+# processes, the command line's --help) start without importing JAX and Flax.
+_EXPORTS = {
+    'AttentionMask': 'attention', 'MultiHeadAttention': 'attention',
+    'dot_product_attention': 'attention', 'make_causal_mask': 'attention',
+    'make_padding_mask': 'attention', 'make_segment_mask': 'attention',
+    'ModelConfig': 'config', 'paper_base': 'config', 'paper_big': 'config', 'tiny': 'config',
+    'DecoderLM': 'models', 'EncoderModel': 'models', 'Transformer': 'models',
+    'apply_rope': 'positional', 'sinusoidal_encoding': 'positional',
+}
+_SUBMODULES = ('attention', 'config', 'decode', 'layers', 'models', 'positional')
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f'{__name__}.{name}')
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_EXPORTS) + list(_SUBMODULES))
+
+
+__all__ = list(_SUBMODULES) + list(_EXPORTS)

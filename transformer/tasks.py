@@ -25,6 +25,7 @@ from flax import linen as nn
 from transformer import inference, models
 from transformer.config import ModelConfig
 from transformer.data import Needs, SequenceSpec, mask_tokens, shift_right
+from transformer.data.pipeline import Specials
 from transformer.data.tokenizers import NUM_SPECIALS, PAD_ID
 from transformer.errors import ConfigError
 from transformer.train import loss as loss_lib
@@ -121,11 +122,14 @@ class Translation(Task):
 
   @staticmethod
   def _finalize(batch, *, packed, rng, tokenizer):
-    del rng, tokenizer
+    del rng
+    specials = Specials.of(tokenizer)
     batch = dict(batch)
-    batch['decoder_inputs'] = shift_right(batch['targets'],
-                                          batch['targets_positions'] if packed else None)
-    batch['weights'] = (batch['targets'] != PAD_ID).astype(np.float32)
+    valid = batch['targets_segment_ids'] > 0
+    batch['decoder_inputs'] = shift_right(batch['targets'], valid,
+                                          batch['targets_positions'] if packed else None,
+                                          bos=specials.bos, pad=specials.pad)
+    batch['weights'] = valid.astype(np.float32)
     return batch
 
   def forward(self, model, params, batch, *, deterministic, rngs=None):
@@ -205,7 +209,7 @@ class LanguageModel(Task):
     del packed, rng, tokenizer
     # bos + text and text + eos are packed alike: the targets' segments are the inputs'.
     batch = {k: v for k, v in batch.items() if not k.startswith('targets_')}
-    batch['weights'] = (batch['targets'] != PAD_ID).astype(np.float32)
+    batch['weights'] = (batch['inputs_segment_ids'] > 0).astype(np.float32)
     return batch
 
   def forward(self, model, params, batch, *, deterministic, rngs=None):
@@ -246,9 +250,12 @@ class MaskedLanguageModel(Task):
         raise ConfigError('task mlm needs a tokenizer with a mask id (data.tokenizer '
                          "'sentencepiece', or 'char' with sentences)")
       batch = dict(batch)
+      specials = [i for i in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id,
+                              tokenizer.unk_id, tokenizer.mask_id) if i is not None]
+      selectable = (batch['inputs_segment_ids'] > 0) & ~np.isin(batch['inputs'], specials)
       batch.update(mask_tokens(batch['inputs'], rng, mask_id=tokenizer.mask_id,
                                vocab_size=tokenizer.vocab_size, first_real_id=NUM_SPECIALS,
-                               mlm_probability=probability))
+                               mlm_probability=probability, selectable=selectable))
       return batch
 
     return Needs(sequences={'inputs': SequenceSpec('text', data_config.max_len, bos=True,
@@ -286,7 +293,7 @@ class Classification(Task):
   def _finalize(batch, *, packed, rng, tokenizer):
     del packed, rng, tokenizer
     batch = dict(batch)
-    batch['weights'] = (batch['inputs'][:, 0] != PAD_ID).astype(np.float32)  # padding rows: 0
+    batch['weights'] = (batch['inputs_segment_ids'][:, 0] > 0).astype(np.float32)  # pad rows: 0
     return batch
 
   def forward(self, model, params, batch, *, deterministic, rngs=None):

@@ -30,17 +30,30 @@ Source
   tfds_text_key (None)        text feature for lm/mlm/classification (default: the first
                               of 'text', 'sentence', 'content').
   tfds_label_key ('label')    label feature for classification.
-  data_dir (None)             cache for the prepared ArrayRecord files of local corpora and
-                              the token store (default: ``workdir/data``).
+  data_dir (None)             where TFDS data (by default) and the token store go
+                              (default: ``workdir/data``).
 
 Tokenizer
-  tokenizer ('synthetic')     'synthetic' | 'char' | 'sentencepiece'.
+  tokenizer ('synthetic')     'synthetic' | 'char' | 'sentencepiece' | 'pretrained'.
   tokenizer_dir (None)        where the tokenizer is saved / loaded (default:
                               ``workdir/tokenizer``); SentencePiece is trained on the train
                               split (source + target for translation: one shared
                               vocabulary) when no model is there yet.
   vocab_size (8000)           SentencePiece vocabulary size (a soft limit on small corpora).
   spm_model_type ('unigram')  'unigram' | 'bpe'.
+  tokenizer_sample_chars (10_000_000)   SentencePiece trains on a random sample of about
+                              this many characters of the train split (whole lines, drawn
+                              by random access; all of it when the split is smaller).
+  'pretrained' (tokenizer)    loads the tokenizer saved in ``tokenizer_dir`` (e.g. one that
+                              `python -m transformer import` wrote) and never trains one.
+
+The token store
+  num_workers (0)             processes that tokenize a large corpus, chunk by chunk, into
+                              the token store under ``data_dir/store`` (0: one per core);
+                              small corpora are tokenized in the training process. Every
+                              run after the first, and every other host, memory-maps the
+                              store instead of tokenizing again; a corpus that changed on
+                              disk, or another tokenizer, rebuilds it.
 
 Sequences and batches
   max_len (64)                row length of every feature (for the LM: the block size).
@@ -101,6 +114,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       tokenizer_dir=ml_collections.config_dict.placeholder(str),
       vocab_size=8000,
       spm_model_type='unigram',
+      tokenizer_sample_chars=10_000_000,
+      num_workers=0,
       max_len=64,
       max_source_len=ml_collections.config_dict.placeholder(int),
       max_target_len=ml_collections.config_dict.placeholder(int),

@@ -8,9 +8,12 @@
     texts = ds.texts('valid')       # the split's raw columns, in eval-batch order
 
 The steps: open the source (synthetic, a local file or folder, a TFDS catalog dataset);
-make the tokenizer (trained on the train split the first time); tokenize every split once
-into the token cache; then build the training stream (packed examples or character
-windows) and the padded evaluation arrays. Config fields: `transformer/data/config.py`.
+make the tokenizer (SentencePiece trains on a bounded random sample of the train split the
+first time); tokenize every split once into the token store (store.py: worker processes,
+memory-mapped arrays); then build the training stream (packed examples or character
+windows) and the padded evaluation arrays from the store. With several processes,
+process 0 trains the tokenizer and builds the store while the others wait; then each
+opens it and reads only its own shard. Config fields: `transformer/data/config.py`.
 """
 
 from __future__ import annotations
@@ -18,21 +21,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from transformer.data import sources as sources_lib
-from transformer.errors import ConfigError, DataError
+from transformer.data import store as store_lib
 from transformer.data.pipeline import (
-    EvalBatches, Needs, Ragged, WindowSource, build_examples, eval_arrays, train_dataset,
+    EvalBatches, Examples, Needs, Specials, WindowSource, eval_arrays, train_dataset,
     window_eval_arrays, window_train_dataset,
 )
 from transformer.data.tokenizers import (
-    CharTokenizer, SentencePieceTokenizer, Tokenizer, encode_many, load_tokenizer,
-    synthetic_tokenizer,
+    CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, synthetic_tokenizer,
 )
+from transformer.errors import ConfigError, DataError, MissingFileError
 
 SPLITS = ('train', 'valid', 'test')
 
@@ -71,157 +75,137 @@ class Datasets:
       raise ConfigError(f'No split {split!r}; this dataset has {self.splits}.')
 
 
-def _open_source(config, columns: tuple[str, ...], data_dir: Path, seed: int
-                 ) -> tuple[Callable[[], dict], str]:
-  """(a loader of ``{split: columns}``, a fingerprint of the source; '' = do not cache)."""
+def _open_source(config, needs: Needs, data_dir: Path, seed: int):
+  """The configured source of the columns `needs` reads."""
   source = config.source
   if source == 'synthetic':
     kw = dict(num_symbols=config.synthetic_vocab, min_len=config.synthetic_min_len,
               max_len=config.synthetic_max_len)
     sizes = {'train': config.synthetic_train_size, 'valid': config.synthetic_eval_size,
              'test': config.synthetic_eval_size}
-    if 'label' in columns:
-      make = lambda n, s: sources_lib.synthetic_labelled(num_examples=n, seed=s, **kw)
-    else:
-      make = lambda n, s: sources_lib.synthetic_pairs(config.synthetic_rule, num_examples=n,
-                                                      seed=s, **kw)
-    def load():
-      return {split: make(n, [seed, k]) for k, (split, n) in enumerate(sizes.items())}
-    return load, ''  # no token cache: generating is as fast as reading
+    splits = {}
+    for k, (split, n) in enumerate(sizes.items()):
+      if needs.label:
+        splits[split] = sources_lib.synthetic_labelled(num_examples=n, seed=[seed, k], **kw)
+      else:
+        pairs = sources_lib.synthetic_pairs(config.synthetic_rule, num_examples=n,
+                                            seed=[seed, k], **kw)
+        splits[split] = {**pairs, 'text': pairs['target']}   # language models read targets
+    return sources_lib.InMemory(splits, name='synthetic')
   if source == 'text':
     if not config.path:
       raise ConfigError("data.source='text' needs data.path (a text file).")
-    return sources_lib.local_text_source(config.path, valid_fraction=config.valid_fraction,
-                                         data_dir=data_dir)
+    if needs.label:
+      raise ConfigError('a labelled task needs a labelled source (data.source=tfds with a '
+                        'label feature, or synthetic)')
+    return sources_lib.TextFile(config.path, config.valid_fraction, whole_text=needs.windows)
   if source == 'parallel':
     if not config.path:
       raise ConfigError("data.source='parallel' needs data.path (a corpus folder).")
-    return sources_lib.local_parallel_source(
-        config.path, src=config.src_lang or 'src', tgt=config.tgt_lang or 'tgt',
-        data_dir=data_dir)
+    return sources_lib.ParallelFiles(config.path, config.src_lang or 'src',
+                                     config.tgt_lang or 'tgt')
   if source == 'tfds':
     if not config.tfds_name:
       raise ConfigError("data.source='tfds' needs data.tfds_name.")
-    columns_by_split, key = sources_lib.tfds_source(
-        config.tfds_name, columns=columns, data_dir=str(config.tfds_data_dir or data_dir),
+    return sources_lib.TfdsSource(
+        config.tfds_name, columns=needs.columns, data_dir=str(config.tfds_data_dir or data_dir),
         src_lang=config.src_lang, tgt_lang=config.tgt_lang,
         reverse_translation=config.reverse_translation, text_key=config.tfds_text_key,
         label_key=config.tfds_label_key)
-    return lambda: columns_by_split, key
   raise ConfigError("data.source must be 'synthetic', 'text', 'parallel' or 'tfds', "
-                   f'got {source!r}')
+                    f'got {source!r}')
 
 
-def _needed_columns(columns: dict, needs: Needs) -> dict[str, list]:
-  """The columns `needs` reads, from what a source gave (text tasks read a pair's target)."""
-  out = {}
-  for name in needs.columns:
-    if name in columns:
-      out[name] = columns[name]
-    elif name == 'text' and 'target' in columns:
-      out[name] = columns['target']
-    else:
-      raise ConfigError(f'the task reads a {name!r} column, but this data source has only '
-                       f'{sorted(columns)}')
-  if 'text' in out:
-    if needs.windows:  # one character stream per split, exactly as in the file
-      return {'text': [''.join(out['text'])]}
-    # Lines keep no newline; language models skip empty ones, labelled rows stay aligned.
-    texts = [t.rstrip('\n') for t in out['text']]
-    out['text'] = texts if needs.label else [t for t in texts if t]
-  return out
+def _columns(source, needs: Needs) -> tuple[str, ...]:
+  """The source's columns that `needs` reads (a text task reads a pair's target)."""
+  missing = [c for c in needs.columns if c not in source.columns]
+  if missing:
+    raise ConfigError(f'the task reads the column(s) {missing}, but this data source has '
+                      f'only {list(source.columns)}')
+  return needs.columns
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
   if isinstance(tokenizer, SentencePieceTokenizer):
     payload = tokenizer.model_path.read_bytes()
-  else:
+  elif isinstance(tokenizer, CharTokenizer):
     payload = json.dumps([tokenizer.chars, tokenizer.specials]).encode()
-  return hashlib.sha256(payload).hexdigest()[:12]
+  else:
+    payload = repr(sorted(vars(tokenizer).items(), key=str)).encode()
+  return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def _make_tokenizer(config, texts: Callable[[], dict], tokenizer_dir: Path, windows: bool):
+def _make_tokenizer(config, source, columns, tokenizer_dir: Path, windows: bool, seed: int):
+  """The run's tokenizer: saved in `tokenizer_dir` already, or made now and saved there."""
   kind = config.tokenizer
   if kind == 'synthetic':
     return synthetic_tokenizer(config.synthetic_vocab)
+  if kind == 'pretrained':
+    if not (tokenizer_dir / 'tokenizer.json').is_file():
+      raise MissingFileError(f"data.tokenizer='pretrained' but {tokenizer_dir} holds no "
+                             'tokenizer (set data.tokenizer_dir)')
+    return load_tokenizer(tokenizer_dir)
+  text_columns = [c for c in columns if c != 'label']
   if kind == 'char':
     if (tokenizer_dir / 'tokenizer.json').is_file():
       tok = load_tokenizer(tokenizer_dir)
       if isinstance(tok, CharTokenizer) and tok.specials == (not windows):
         return tok
     # Like nanoGPT: the vocabulary is every character of every split.
-    chars = set()
-    for split in texts().values():
-      for column, values in split.items():
-        if column != 'label':
-          for t in values:
+    chars: set[str] = set()
+    for split in source.splits:
+      for chunk in source.chunks(split, 200_000):
+        values = sources_lib.read_chunk(chunk)
+        for column in text_columns:
+          for t in values[column]:
             chars.update(t)
     tok = CharTokenizer(chars, specials=not windows)
     tok.save(tokenizer_dir)
     return tok
   if kind == 'sentencepiece':
-    def train_texts():
-      split = texts()['train']
-      return [t for column, values in split.items() if column != 'label' for t in values]
     tok = SentencePieceTokenizer.load_or_train(
-        tokenizer_dir / 'spm.model', train_texts, vocab_size=config.vocab_size,
-        model_type=config.spm_model_type)
+        tokenizer_dir / 'spm.model',
+        lambda: source.sample('train', config.tokenizer_sample_chars, seed),
+        vocab_size=config.vocab_size, model_type=config.spm_model_type,
+        num_threads=config.num_workers or store_lib.default_workers())
     tok.save(tokenizer_dir)
     return tok
-  raise ConfigError("data.tokenizer must be 'synthetic', 'char' or 'sentencepiece', "
-                   f'got {kind!r}')
+  raise ConfigError("data.tokenizer must be 'synthetic', 'char', 'sentencepiece' or "
+                    f"'pretrained', got {kind!r}")
 
 
-def _tokenize(tokenizer, columns: dict) -> dict[str, Any]:
-  return {column: np.asarray(values, np.int32) if column == 'label' else
-          Ragged.from_lists(list(encode_many(tokenizer, values)))
-          for column, values in columns.items()}
+def _store_directory(data_dir: Path, source, columns, windows: bool) -> Path:
+  identity = hashlib.sha256(repr((source.name, columns, windows)).encode()).hexdigest()[:12]
+  return data_dir / 'store' / f'{source.name}-{identity}'
 
 
-def _save_tokens(path: Path, tokens: dict[str, dict[str, Any]]) -> None:
-  arrays = {}
-  for split, columns in tokens.items():
-    for column, value in columns.items():
-      if isinstance(value, Ragged):
-        arrays[f'{split}/{column}/flat'] = value.flat
-        arrays[f'{split}/{column}/offsets'] = value.offsets
-      else:
-        arrays[f'{split}/{column}'] = value
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp.npz')
-  np.savez(tmp, **arrays)
-  tmp.replace(path)
-
-
-def _load_tokens(path: Path) -> dict[str, dict[str, Any]]:
-  tokens: dict[str, dict[str, Any]] = {}
-  with np.load(path) as z:
-    for name in z.files:
-      parts = name.split('/')
-      split, column = parts[0], parts[1]
-      if len(parts) == 2:
-        tokens.setdefault(split, {})[column] = z[name]
-      elif parts[2] == 'flat':
-        tokens.setdefault(split, {})[column] = Ragged(z[name], z[f'{split}/{column}/offsets'])
-  return tokens
+def _default_barrier(process_count: int) -> Callable[[str], None]:
+  if process_count == 1:
+    return lambda name: None
+  from jax.experimental import multihost_utils
+  return multihost_utils.sync_global_devices
 
 
 def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed: int,
                  eval_batch_size: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None) -> Datasets:
-  """Builds (or reloads from ``workdir``) the tokenizer and the data a task needs.
+                 process_count: int | None = None,
+                 barrier: Callable[[str], None] | None = None) -> Datasets:
+  """Builds (or reopens, from ``workdir``) the tokenizer and the data a task needs.
 
   Args:
     config: the ``data`` ConfigDict (fields in `transformer/data/config.py`).
     needs: what the task reads (`Task.data_needs(config)`).
-    workdir: where the tokenizer and the data caches go (see ``data_dir``,
+    workdir: where the tokenizer and the token store go (see ``data_dir``,
       ``tokenizer_dir``).
     global_batch_size: rows per global batch; each process gets
       ``global_batch_size // process_count`` of them.
-    seed: seeds the shuffle, the MLM masks and the synthetic data.
+    seed: seeds the shuffle, the MLM masks, the synthetic data and the tokenizer sample.
     eval_batch_size: rows per global evaluation batch (default: ``global_batch_size``);
       evaluation has no gradients, so it can take bigger batches than training.
     process_index, process_count: this process's shard (default: from jax).
+    barrier: `barrier(name)` returns when every process has called it (default: JAX's
+      `sync_global_devices` when there are several processes). Process 0 makes the
+      tokenizer and the token store; the others wait here, then open them.
   """
   if process_index is None or process_count is None:
     import jax
@@ -237,39 +221,38 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
   workdir = Path(workdir)
   data_dir = Path(config.data_dir or workdir / 'data')
   tokenizer_dir = Path(config.tokenizer_dir or workdir / 'tokenizer')
-  windows = needs.windows
+  barrier = barrier or _default_barrier(process_count)
 
-  load_columns, source_key = _open_source(config, needs.columns, data_dir, seed)
-  memo: dict[str, Any] = {}
-
-  def texts() -> dict:
-    """{split: the columns `needs` reads} (loaded once, when first asked)."""
-    if 'texts' not in memo:
-      memo['texts'] = {s: _needed_columns(c, needs) for s, c in load_columns().items()}
-    return memo['texts']
-
-  tokenizer = _make_tokenizer(config, texts, tokenizer_dir, windows)
-  cache = None
-  if source_key:
-    key = hashlib.sha256(f'{source_key}|{_tokenizer_fingerprint(tokenizer)}|'
-                         f'{needs.columns}|{windows}'.encode())
-    cache = data_dir / 'tokens' / f'{key.hexdigest()[:16]}.npz'
-  if cache is not None and cache.is_file():
-    tokens = _load_tokens(cache)
-  else:
-    tokens = {s: _tokenize(tokenizer, t) for s, t in texts().items()}
-    if cache is not None:
-      _save_tokens(cache, tokens)
-  if 'train' not in tokens:
+  source = _open_source(config, needs, data_dir, seed)
+  columns = _columns(source, needs)
+  splits = tuple(s for s in SPLITS if s in source.splits)
+  if 'train' not in splits:
     raise DataError('The data source has no train split.')
-  splits = tuple(s for s in SPLITS if s in tokens)
+  directory = _store_directory(data_dir, source, columns, needs.windows)
+  if process_index == 0:
+    tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
+  barrier('transformer: tokenizer ready')
+  if process_index != 0:
+    tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
+  if isinstance(source, sources_lib.InMemory):   # small and generated: no store on disk
+    store = store_lib.in_memory(source, splits, tokenizer, columns)
+  else:
+    if process_index == 0:
+      key = {'source': source.fingerprint, 'tokenizer': _tokenizer_fingerprint(tokenizer),
+             'columns': list(columns), 'format': store_lib.FORMAT}
+      store_lib.open_or_build(source, splits, tokenizer_dir, directory, key=key,
+                              num_workers=config.num_workers, columns=columns,
+                              log=logging.warning)
+    barrier('transformer: token store ready')
+    store = store_lib.TokenStore.open(directory)
+  tokens = store.splits
   rows = global_batch_size // process_count
   shards = dict(process_index=process_index, process_count=process_count)
+  memo: dict[str, Any] = {}
 
-  if windows:
+  if needs.windows:
     max_len = needs.sequences['inputs'].length
-    streams = {s: t['text'][0] if len(t['text']) else np.zeros(0, np.int32)
-               for s, t in tokens.items()}
+    streams = {s: t['text'].flat for s, t in tokens.items()}
     train_windows = WindowSource(streams['train'], max_len)
 
     def train_fn():
@@ -277,33 +260,36 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
                                   num_epochs=config.num_epochs, **shards)
 
     def eval_fn(split):
-      if split not in memo.setdefault('eval', {}):
-        memo['eval'][split] = window_eval_arrays(streams[split], max_len)
-      return EvalBatches(memo['eval'][split], global_batch_size=eval_batch_size, **shards)
+      if split not in memo:
+        memo[split] = window_eval_arrays(np.asarray(streams[split]), max_len)
+      return EvalBatches(memo[split], global_batch_size=eval_batch_size, **shards)
     info = {'train_tokens': len(streams['train'])}
   else:
-    train_examples, _ = build_examples(tokens['train'], needs,
-                                       truncate=config.overlong == 'truncate')
+    specials = Specials.of(tokenizer)
+    train_examples = Examples(tokens['train'], needs, truncate=config.overlong == 'truncate',
+                              specials=specials)
     if len(train_examples) == 0:
       lengths = {k: s.length for k, s in needs.sequences.items()}
       raise DataError(f'No training example fits the row lengths {lengths} '
-                       f'(data.overlong={config.overlong!r}).')
+                      f'(data.overlong={config.overlong!r}).')
 
     def train_fn():
       return train_dataset(train_examples, needs, rows=rows, seed=seed, pack=config.pack,
                            num_epochs=config.num_epochs, tokenizer=tokenizer, **shards)
 
     def eval_fn(split):
-      if split not in memo.setdefault('eval', {}):
-        examples, _ = build_examples(tokens[split], needs, truncate=True)
-        memo['eval'][split] = eval_arrays(examples, needs, seed=seed, tokenizer=tokenizer)
-      return EvalBatches(memo['eval'][split], global_batch_size=eval_batch_size, **shards)
-    train_count = len(tokens['train'][next(iter(needs.sequences.values())).column])
+      if split not in memo:
+        examples = Examples(tokens[split], needs, truncate=True, specials=specials)
+        memo[split] = eval_arrays(examples, needs, seed=seed, tokenizer=tokenizer)
+      return EvalBatches(memo[split], global_batch_size=eval_batch_size, **shards)
+    train_count = len(tokens['train'][columns[0]])
     info = {'train_examples': len(train_examples),
             'train_dropped': train_count - len(train_examples)}
 
   def texts_fn(split):
-    return {k: list(v) for k, v in texts()[split].items()}
+    if ('texts', split) not in memo:
+      memo['texts', split] = source.read_split(split)
+    return {k: list(memo['texts', split][k]) for k in columns}
 
   return Datasets(tokenizer=tokenizer, splits=splits, _train_fn=train_fn, _eval_fn=eval_fn,
                   _texts_fn=texts_fn, info=info)

@@ -21,17 +21,20 @@ def mask_tokens(
     mlm_probability: float = 0.15,
     mask_fraction: float = 0.8,
     random_fraction: float = 0.1,
+    selectable: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
   """Masks ``tokens`` (any shape, int) the BERT way.
 
-  Ids below ``first_real_id`` (pad, bos, eos, unk, mask) are never selected.
+  Ids below ``first_real_id`` (pad, bos, eos, unk, mask) are never selected; or, when
+  given, exactly the positions where ``selectable`` is True may be (a pretrained
+  vocabulary's specials need not be its first ids).
 
   Returns:
     ``inputs`` (the masked ids, int32), ``targets`` (the original ids, int32) and
     ``weights`` (float32, 1.0 exactly where a token was selected for prediction).
   """
   tokens = np.asarray(tokens)
-  real = tokens >= first_real_id
+  real = tokens >= first_real_id if selectable is None else np.asarray(selectable)
   selected = real & (rng.random(tokens.shape) < mlm_probability)
   action = rng.random(tokens.shape)
   to_mask = selected & (action < mask_fraction)

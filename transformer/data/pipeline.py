@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import grain
 import numpy as np
 
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from transformer.errors import DataError
+from transformer.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -83,89 +83,63 @@ class Needs:
 
 
 # ----------------------------------------------------------------------------
-# Ragged token arrays.
+# Examples: token ids from the store, with specials and length limits applied on the fly.
 
 
-@dataclasses.dataclass
-class Ragged:
-  """Variable-length int32 sequences stored as one flat array plus offsets."""
-
-  flat: np.ndarray  # [total] int32
-  offsets: np.ndarray  # [N + 1] int64
+@dataclasses.dataclass(frozen=True)
+class Specials:
+  """The tokenizer's special ids that batches are built with."""
+  pad: int = PAD_ID           # fills padding (0 when the vocabulary has no pad id)
+  bos: int | None = BOS_ID
+  eos: int | None = EOS_ID
 
   @classmethod
-  def from_lists(cls, seqs: Sequence[Sequence[int]]) -> Ragged:
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
-    return cls(flat, offsets)
-
-  def __len__(self) -> int:
-    return len(self.offsets) - 1
-
-  def __getitem__(self, i: int) -> np.ndarray:
-    return self.flat[self.offsets[i]:self.offsets[i + 1]]
-
-  @property
-  def lengths(self) -> np.ndarray:
-    return np.diff(self.offsets)
+  def of(cls, tokenizer) -> Specials:
+    pad = getattr(tokenizer, 'pad_id', PAD_ID)
+    return cls(pad if pad is not None and pad >= 0 else 0,
+               getattr(tokenizer, 'bos_id', None), getattr(tokenizer, 'eos_id', None))
 
 
-def _with_specials(ids: np.ndarray, spec: SequenceSpec, truncate: bool) -> np.ndarray | None:
-  """bos + ids + eos, truncated to the spec's length (keeping bos/eos), or None if too long."""
-  extra = int(spec.bos) + int(spec.eos)
-  if len(ids) + extra > spec.length:
-    if not truncate:
-      return None
-    ids = ids[: max(spec.length - extra, 0)]
-  parts = ([np.array([BOS_ID], np.int32)] if spec.bos else []) + [ids] + (
-      [np.array([EOS_ID], np.int32)] if spec.eos else [])
-  return np.concatenate(parts).astype(np.int32)
-
-
-@dataclasses.dataclass
 class Examples:
-  """Model-ready sequences of one split: each feature a ``Ragged``; optional labels."""
+  """The examples of a split that fit (or were truncated to) the row lengths, read from
+  the store's (memory-mapped) token ids without copying them: specials are added and
+  truncation applied when an example is read (`tokens`)."""
 
-  features: dict[str, Ragged]
-  label: np.ndarray | None = None
+  def __init__(self, tokens: dict[str, Any], needs: Needs, *, truncate: bool,
+               specials: Specials):
+    self.specs = dict(needs.sequences)
+    self.sources = {name: tokens[spec.column] for name, spec in self.specs.items()}
+    self.specials = specials
+    lengths = {}
+    for name, spec in self.specs.items():
+      for special, token in (('bos', specials.bos), ('eos', specials.eos)):
+        if getattr(spec, special) and token is None:
+          raise ConfigError(f'this task puts a {special} token around its sequences, but the '
+                            'tokenizer has none (data.tokenizer)')
+      lengths[name] = self.sources[name].lengths + int(spec.bos) + int(spec.eos)
+    limits = np.array([spec.length for spec in self.specs.values()])
+    stacked = np.stack([lengths[name] for name in self.specs], axis=1)   # [N, F]
+    if truncate:
+      self.index = np.arange(len(stacked), dtype=np.int64)
+      self.lengths = np.minimum(stacked, limits)
+    else:
+      self.index = np.flatnonzero((stacked <= limits).all(axis=1))
+      self.lengths = stacked[self.index]
+    self.label = None
+    if needs.label:
+      self.label = np.asarray(tokens['label'], np.int32)[self.index]
 
   def __len__(self) -> int:
-    return len(next(iter(self.features.values())))
+    return len(self.index)
 
-
-def build_examples(tokens: Mapping[str, Any], needs: Needs, *, truncate: bool
-                   ) -> tuple[Examples, np.ndarray]:
-  """Adds specials and applies the length limits of `needs.sequences`.
-
-  Args:
-    tokens: the split's columns, Ragged token ids (and an int array for 'label').
-    truncate: truncate overlong examples; otherwise drop them.
-
-  Returns:
-    The examples that were kept, and their indices in the split.
-  """
-  specs = needs.sequences
-  n = len(tokens[next(iter(specs.values())).column])
-  columns: dict[str, list] = {k: [] for k in specs}
-  kept = []
-  for i in range(n):
-    row = {}
-    for name, spec in specs.items():
-      seq = _with_specials(tokens[spec.column][i], spec, truncate)
-      if seq is None:
-        break
-      row[name] = seq
-    else:
-      kept.append(i)
-      for name, seq in row.items():
-        columns[name].append(seq)
-  kept = np.asarray(kept, dtype=np.int64)
-  label = None
-  if needs.label:
-    label = np.asarray(tokens['label'], dtype=np.int32)[kept]
-  return Examples({k: Ragged.from_lists(v) for k, v in columns.items()}, label), kept
+  def tokens(self, name: str, i: int) -> np.ndarray:
+    """Example i's `name` sequence: [bos] + ids + [eos], truncated to its row length."""
+    spec = self.specs[name]
+    ids = self.sources[name][int(self.index[i])]
+    keep = spec.length - int(spec.bos) - int(spec.eos)
+    parts = ([[self.specials.bos]] if spec.bos else []) + [ids[:max(keep, 0)]] + (
+        [[self.specials.eos]] if spec.eos else [])
+    return np.concatenate(parts).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------
@@ -181,11 +155,10 @@ def pad_rows(batch: Batch, rows: int) -> Batch:
           for k, v in batch.items()}
 
 
-def shift_right(targets: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-  """bos + targets[:-1] within each segment; 0 where targets is padding (teacher forcing).
-
-  Without ``positions`` every row is one sequence starting at column 0.
-  """
+def shift_right(targets: np.ndarray, valid: np.ndarray, positions: np.ndarray | None = None, *,
+                bos: int = BOS_ID, pad: int = PAD_ID) -> np.ndarray:
+  """bos + targets[:-1] within each segment, `pad` where `valid` is False (teacher forcing).
+  Without ``positions`` every row is one sequence starting at column 0."""
   shifted = np.zeros_like(targets)
   shifted[:, 1:] = targets[:, :-1]
   if positions is None:
@@ -193,8 +166,8 @@ def shift_right(targets: np.ndarray, positions: np.ndarray | None = None) -> np.
     starts[:, 0] = True
   else:
     starts = positions == 0
-  out = np.where(starts, BOS_ID, shifted)
-  return np.where(targets != PAD_ID, out, PAD_ID).astype(np.int32)
+  out = np.where(starts, bos, shifted)
+  return np.where(valid, out, pad).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------
@@ -218,8 +191,8 @@ class PackedBatches(grain.IterDataset):
   ``max_per_row=1`` each row holds one example (padding instead of packing).
 
   A batch holds each feature ``f`` with ``f_segment_ids`` and ``f_positions`` (and
-  ``label`` when the examples have one), then goes through ``batch_transform(batch,
-  first_stream_index)``.
+  ``label`` when the examples have one), padding filled with the pad id, then goes
+  through ``batch_transform(batch, first_stream_index)``.
 
   The iterator state is ``{'next_index': i}``: the stream index of the first example
   of the next batch; a batch depends only on that index, so it is fully resumable.
@@ -232,7 +205,7 @@ class PackedBatches(grain.IterDataset):
     self.examples, self.shard, self.lengths, self.rows = examples, shard, lengths, rows
     self.seed, self.num_epochs, self.max_per_row = seed, num_epochs, max_per_row
     self.batch_transform = batch_transform
-    self.feature_lengths = np.stack([examples.features[f].lengths for f in lengths], axis=1)
+    self.feature_lengths = examples.lengths     # [N, F], in the order of `lengths`
     self.capacity = np.array([lengths[f] for f in lengths], np.int64)
 
   def __iter__(self) -> PackedBatchIterator:
@@ -282,7 +255,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         fits &= counts < ds.max_per_row
       r = int(fits.argmax())
       if not fits[r]:
-        if not placed_rows:  # an example longer than a row: cannot happen after build_examples
+        if not placed_rows:  # an example longer than a row: cannot happen after Examples
           raise ValueError(f'Example {e} with lengths {lens} does not fit {ds.lengths}.')
         break
       placed_rows.append(r)
@@ -307,15 +280,14 @@ class PackedBatchIterator(grain.DatasetIterator):
     segment[order] = np.arange(len(rows)) - first + 1
     batch: Batch = {}
     for f_index, (name, length) in enumerate(ds.lengths.items()):
-      ragged = ds.examples.features[name]
-      seqs = [ragged[e] for e in examples]
+      seqs = [ds.examples.tokens(name, e) for e in examples]
       lens = ds.feature_lengths[examples, f_index]
       total = int(lens.sum())
       starts = np.zeros(len(lens), np.int64)
       np.cumsum(lens[:-1], out=starts[1:])
       within = np.arange(total) - np.repeat(starts, lens)
       dest = np.repeat(rows * length + offsets[:, f_index], lens) + within
-      values = np.zeros(ds.rows * length, np.int32)
+      values = np.full(ds.rows * length, ds.examples.specials.pad, np.int32)
       values[dest] = np.concatenate(seqs) if seqs else []
       segs = np.zeros(ds.rows * length, np.int32)
       segs[dest] = np.repeat(segment, lens)
@@ -341,13 +313,11 @@ def train_dataset(examples: Examples, needs: Needs, *, rows: int, seed: int, pac
   packed = pack and needs.packable
 
   def finalize(batch: Batch, start_index: int) -> Batch:
-    if not packed:   # one example per row: the segment features say nothing
-      batch = {k: v for k, v in batch.items()
-               if not k.endswith(('_segment_ids', '_positions'))}
     # Anything random (MLM masks) depends only on (seed, the batch's first stream index),
     # so a resumed iterator reproduces it.
-    return needs.finalize(batch, packed=packed, rng=np.random.default_rng([seed, start_index]),
-                          tokenizer=tokenizer)
+    batch = needs.finalize(batch, packed=packed,
+                           rng=np.random.default_rng([seed, start_index]), tokenizer=tokenizer)
+    return batch if packed else _without_segments(batch)
 
   return PackedBatches(examples, indices,
                        lengths={k: s.length for k, s in needs.sequences.items()}, rows=rows,
@@ -421,17 +391,24 @@ def eval_arrays(examples: Examples, needs: Needs, *, seed: int, tokenizer: Any) 
   n = len(examples)
   batch: Batch = {}
   for name, spec in needs.sequences.items():
-    ragged = examples.features[name]
-    values = np.zeros((n, spec.length), np.int32)
-    lengths = ragged.lengths
-    rows = np.repeat(np.arange(n), lengths)
-    columns = np.arange(int(lengths.sum())) - np.repeat(ragged.offsets[:-1], lengths)
-    values[rows, columns] = ragged.flat
+    values = np.full((n, spec.length), examples.specials.pad, np.int32)
+    segments = np.zeros((n, spec.length), np.int32)
+    for i in range(n):
+      seq = examples.tokens(name, i)
+      values[i, :len(seq)] = seq
+      segments[i, :len(seq)] = 1
     batch[name] = values
+    batch[f'{name}_segment_ids'] = segments
   if examples.label is not None:
     batch['label'] = examples.label
-  return needs.finalize(batch, packed=False, rng=np.random.default_rng([seed, 2**31]),
-                        tokenizer=tokenizer)
+  return _without_segments(needs.finalize(batch, packed=False,
+                                          rng=np.random.default_rng([seed, 2**31]),
+                                          tokenizer=tokenizer))
+
+
+def _without_segments(batch: Batch) -> Batch:
+  """One example per row: the segment features say nothing to the model."""
+  return {k: v for k, v in batch.items() if not k.endswith(('_segment_ids', '_positions'))}
 
 
 def window_eval_arrays(data: np.ndarray, block_size: int) -> Batch:

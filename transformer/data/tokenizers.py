@@ -166,8 +166,10 @@ class SentencePieceTokenizer:
       vocab_size: int,
       model_type: str = 'unigram',
       max_sentences: int = 2_000_000,
+      num_threads: int = 2,
   ) -> SentencePieceTokenizer:
-    """Trains on ``texts`` (an in-memory iterable of sentences) and saves the model."""
+    """Trains on ``texts`` (an in-memory list of sentences: a bounded sample of a large
+    corpus) with ``num_threads`` threads and saves the model."""
     texts = [t for t in texts if t]
     if not texts:
       raise DataError('Cannot train SentencePiece on an empty corpus.')
@@ -201,7 +203,7 @@ class SentencePieceTokenizer:
         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
         pad_piece='<pad>', bos_piece='<s>', eos_piece='</s>', unk_piece='<unk>',
         user_defined_symbols=['<mask>'],
-        num_threads=2,
+        num_threads=num_threads,
         minloglevel=2,
     )
     # Rename at the end, so a crashed run never leaves a half-written model.
@@ -217,17 +219,20 @@ class SentencePieceTokenizer:
       *,
       vocab_size: int,
       model_type: str = 'unigram',
+      num_threads: int = 2,
   ) -> SentencePieceTokenizer:
     """Loads ``model_path`` if it exists, else trains it on ``texts_fn()``."""
     if Path(model_path).is_file():
       return cls(model_path)
-    return cls.train(texts_fn(), model_path, vocab_size=vocab_size, model_type=model_type)
+    return cls.train(texts_fn(), model_path, vocab_size=vocab_size, model_type=model_type,
+                     num_threads=num_threads)
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return self._sp.encode(list(texts), num_threads=2)
+    # One thread: the token store runs one worker process per core instead.
+    return self._sp.encode(list(texts), num_threads=1)
 
   def decode(self, ids: Sequence[int]) -> str:
     ids = [i for i in _cut_at_eos(ids, self.eos_id) if i not in (PAD_ID, BOS_ID, MASK_ID)]
