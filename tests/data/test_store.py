@@ -3,7 +3,6 @@ rebuilt when stale, never left half-written, and built by one process of several
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys

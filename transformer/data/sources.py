@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -306,7 +305,7 @@ class TextFile:
       starts = line_starts(self.path)
       size = int(starts[-1])
       # Characters, not bytes: count UTF-8 lead bytes block by block.
-      counts, position = [], 0
+      counts = []
       with self.path.open('rb') as f:
         while block := f.read(_BLOCK):
           arr = np.frombuffer(block, np.uint8)
