@@ -85,7 +85,7 @@ def test_worker_processes_tokenize_like_one_process(tmp_path):
   one = store.build(source, ('train', 'valid'), tmp_path / 'tok', tmp_path / 'one', {},
                     num_workers=1, lines_per_chunk=1000, **kw)
   two = store.build(source, ('train', 'valid'), tmp_path / 'tok', tmp_path / 'two', {},
-                    num_workers=2, lines_per_chunk=40, **kw)
+                    num_workers=2, lines_per_chunk=20, **kw)
   assert json.loads((tmp_path / 'two' / 'manifest.json').read_text())['workers'] == 2
   for split in ('train', 'valid'):
     for column in ('source', 'target'):
@@ -103,7 +103,7 @@ def test_a_worker_error_surfaces_and_leaves_no_store(tmp_path):
   tokenizer.save(tmp_path / 'tok')
   with pytest.raises(DataError, match=r'train\.de: line 203 is not valid UTF-8'):
     store.build(source, ('train',), tmp_path / 'tok', tmp_path / 'store', {},
-                columns=('source', 'target'), num_workers=2, lines_per_chunk=40)
+                columns=('source', 'target'), num_workers=2, lines_per_chunk=20)
   assert not (tmp_path / 'store').exists() and list(tmp_path.glob('store.tmp-*')) == []
 
 

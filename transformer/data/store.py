@@ -156,17 +156,19 @@ def _write(tmp: Path, split: str, columns: set[str], count: int) -> None:
 
 def build(source, splits: Sequence[str], tokenizer_dir: Path, directory: Path,
           manifest: dict, *, columns: Sequence[str], num_workers: int = 0,
-          lines_per_chunk: int = 100_000) -> TokenStore:
+          lines_per_chunk: int = 25_000) -> TokenStore:
   """Tokenizes every split of `source` (see `transformer.data.sources`) chunk by chunk in
-  `num_workers` processes (0: one per core; small corpora are tokenized in this process)
-  and writes the store at `directory`, atomically."""
+  `num_workers` processes (0: one per core; corpora under 8 chunks are tokenized in this
+  process) and writes the store at `directory`, atomically. A chunk of 25k lines keeps a
+  worker's Python lists of token ids to tens of megabytes."""
   directory = Path(directory)
   tmp = directory.with_name(f'{directory.name}.tmp-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   tasks = ((split, i, chunk) for split in splits
            for i, chunk in enumerate(source.chunks(split, lines_per_chunk)))
-  big = sum(source.num_examples(split) for split in splits) > lines_per_chunk
+  # Spawning workers costs seconds: a corpus this small tokenizes faster in-process.
+  big = sum(source.num_examples(split) for split in splits) > 8 * lines_per_chunk
   workers = (num_workers or default_workers()) if big else 1
   start = time.perf_counter()
   written: dict[str, set[str]] = {split: set() for split in splits}
