@@ -116,8 +116,17 @@ class ModelConfig:
     return self.head_dim or self.d_model // self.num_heads
 
   @property
+  def resolved_num_kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
   def resolved_qkv_bias(self) -> bool:
     return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+  @property
+  def resolved_logits_bias(self) -> bool:
+    """Whether the logits get a bias (see `logits_bias`)."""
+    return bool(self.logits_bias) if self.tie_output else self.logits_bias is not False
 
   @property
   def resolved_target_vocab_size(self) -> int:

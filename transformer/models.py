@@ -55,6 +55,13 @@ def default_positions(tokens: Int[Array, "B T"], pad_id: int = 0,
   return jnp.maximum(count, 0).astype(jnp.int32)
 
 
+def example_inputs(model: nn.Module, length: int = 8) -> tuple[jax.Array, ...]:
+  """Token ids that `model.init` can trace (only their shapes matter): the encoder-decoder
+  takes source and target ids, the others one row of ids."""
+  tokens = jnp.ones((1, min(length, model.config.max_len)), jnp.int32)
+  return (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
+
+
 def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length: int,
                dtype: Any = None) -> Cache:
   """An empty decoding cache: per-layer keys and values, which slots hold real tokens,
