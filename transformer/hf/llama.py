@@ -65,11 +65,13 @@ def model_config(hf: dict, names: set[str]) -> ModelConfig:
                         f'mlp_bias={hf.get("mlp_bias", False)} is not supported (both or '
                         'neither)')
     use_bias, qkv_bias = attention_bias, None
-  heads = hf['num_attention_heads']
-  return ModelConfig(
-      vocab_size=hf['vocab_size'], d_model=hf['hidden_size'], num_heads=heads,
-      num_kv_heads=hf.get('num_key_value_heads') or heads,
-      head_dim=hf.get('head_dim') or hf['hidden_size'] // heads,
+  heads, d = hf['num_attention_heads'], hf['hidden_size']
+  kv_heads = hf.get('num_key_value_heads') or heads
+  head_dim = hf.get('head_dim') or d // heads
+  return ModelConfig(   # (None where our default means the same)
+      vocab_size=hf['vocab_size'], d_model=d, num_heads=heads,
+      num_kv_heads=None if kv_heads == heads else kv_heads,
+      head_dim=None if head_dim * heads == d else head_dim,
       mlp_dim=hf['intermediate_size'], num_layers=hf['num_hidden_layers'],
       max_len=_max_len(hf, model_type), dropout_rate=0.0,
       attention_dropout_rate=hf.get('attention_dropout', 0.0), activation='swiglu',
