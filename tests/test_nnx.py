@@ -108,18 +108,23 @@ def test_nnx_module_holds_given_variables_and_exposes_methods():
 @pytest.mark.slow
 def test_shard_places_nnx_variables_by_our_rules():
   code = '''
-import jax, jax.numpy as jnp, numpy as np
+import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 import transformer as tfm
 from transformer import nnx as tnnx, sharding
 model = tfm.DecoderLM(tfm.tiny(vocab_size=40, d_model=32, num_heads=4, mlp_dim=64))
 module = tnnx.to_nnx(model, rngs=nnx.Rngs(0))
+optimizer = nnx.Optimizer(module, optax.adam(1e-3), wrt=nnx.Param)
 tokens = jnp.arange(1, 9)[None]
 before = np.asarray(module(tokens))
-tnnx.shard(module, sharding.make_mesh({'data': 1, 'fsdp': 2, 'tensor': 2}))
+mesh = sharding.make_mesh({'data': 1, 'fsdp': 2, 'tensor': 2})
+tnnx.shard(module, mesh)
+tnnx.shard(optimizer, mesh)
 params = nnx.state(module, nnx.Param)
 query = params['decoder']['layer_0']['self_attention']['query']['kernel'][...]
 table = params['embedding']['embedding'][...]
+moment = nnx.state(optimizer)['opt_state'][0]['mu']['embedding']['embedding'][...]
+assert moment.sharding.spec == table.sharding.spec
 print(tuple(query.sharding.spec), tuple(table.sharding.spec), len(query.sharding.device_set))
 np.testing.assert_allclose(np.asarray(nnx.jit(lambda m, t: m(t))(module, tokens)), before,
                            rtol=1e-5, atol=1e-5)

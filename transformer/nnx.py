@@ -7,7 +7,8 @@
 
     model, variables = transformer.hf.load(folder)                    # or any linen params
     lm = transformer.nnx.to_nnx(model, variables)
-    transformer.nnx.shard(lm, transformer.sharding.make_mesh({'fsdp': 2, 'tensor': 2}))
+    mesh = transformer.sharding.make_mesh({'fsdp': 2, 'tensor': 2})
+    transformer.nnx.shard(lm, mesh); transformer.nnx.shard(optimizer, mesh)
 
 `to_nnx` wraps the linen module in `nnx.bridge.ToNNX` and initialises it itself, from token
 ids of the right shapes (`transformer.models.example_inputs`), so no dummy forward pass is
@@ -19,7 +20,7 @@ module is called with the linen module's arguments (`lm(tokens, deterministic=Fa
 
 Parameters keep the logical axis names of the linen model ('vocab', 'embed', 'heads',
 'kv', 'mlp'): `nnx.get_partition_spec(nnx.state(lm))` gives them, and `shard` places every
-variable on a mesh by `transformer.sharding`'s rules. Variables are created unsharded
+variable of the model (and of its optimizer) on a mesh by `transformer.sharding`'s rules. Variables are created unsharded
 (Flax's eager sharding would need a mesh at creation); `shard` then places them.
 """
 
@@ -60,11 +61,12 @@ def to_nnx(model: nn.Module, variables: Any = None, *, rngs: nnx.Rngs | None = N
   return module
 
 
-def shard(module: nnx.Module, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> None:
-  """Places `module`'s variables on `mesh` by their logical axis names and `rules`
-  (unnamed ones replicated; a dimension its mesh axes do not divide, replicated too)."""
-  state = nnx.state(module)
+def shard(node: nnx.Module | nnx.Optimizer, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> None:
+  """Places the variables of `node` (an NNX model, or its `nnx.Optimizer`, whose moments
+  carry the parameters' names) on `mesh` by their logical axis names and `rules`; unnamed
+  ones, and dimensions their mesh axes do not divide, are replicated."""
+  state = nnx.state(node)
   shardings = sharding.logical_to_mesh(nnx.get_partition_spec(state), mesh, rules)
   placed = jax.tree.map(lambda x, s: jax.device_put(x, sharding.fit_to_shape(s, x.shape)),
                         state, shardings)
-  nnx.update(module, placed)
+  nnx.update(node, placed)
