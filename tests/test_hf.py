@@ -8,6 +8,7 @@ Hugging Face -> ours -> Hugging Face are exact.
 """
 
 import functools
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -20,7 +21,6 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
@@ -355,9 +355,8 @@ def test_imported_lm_generates_hugging_faces_greedy_tokens(tmp_path):
   # The run's config reaches train.py through RUN/config.py, and resuming with it is allowed.
   from transformer.train import workdir as workdir_lib
   from transformer.train.run import load_run
-  spec = __import__('importlib.util').util.spec_from_file_location('imported', workdir /
-                                                                   'config.py')
-  module = __import__('importlib.util').util.module_from_spec(spec)
+  spec = importlib.util.spec_from_file_location('imported', workdir / 'config.py')
+  module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   run = load_run(workdir)
   assert workdir_lib.stored_differences(run.config.to_dict(), module.get_config()) == []

@@ -10,10 +10,11 @@ Shape glossary, used in every einsum string, jaxtyping annotation and shape comm
 
 Pure functions live in `attention`, `positional` and `decode`; small linen modules own the
 parameters (`attention.MultiHeadAttention`, `layers.*`, `models.*`); `ModelConfig` in
-`config` describes a whole model.
+`config` describes a whole model. `nnx` gives the models as Flax NNX modules, `hf` reads
+and writes Hugging Face checkpoints.
 """
 
-from transformer import attention, config, decode, layers, models, positional
+from transformer import attention, config, decode, hf, layers, models, nnx, positional
 from transformer.attention import (AttentionMask, MultiHeadAttention, dot_product_attention,
                                    make_causal_mask, make_padding_mask, make_segment_mask)
 from transformer.config import ModelConfig, paper_base, paper_big, tiny
@@ -21,7 +22,7 @@ from transformer.models import DecoderLM, EncoderModel, Transformer
 from transformer.positional import apply_rope, sinusoidal_encoding
 
 __all__ = [
-    'attention', 'config', 'decode', 'layers', 'models', 'positional',
+    'attention', 'config', 'decode', 'hf', 'layers', 'models', 'nnx', 'positional',
     'AttentionMask', 'MultiHeadAttention', 'dot_product_attention', 'make_causal_mask',
     'make_padding_mask',
     'make_segment_mask', 'ModelConfig', 'paper_base', 'paper_big', 'tiny', 'DecoderLM',

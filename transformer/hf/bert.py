@@ -11,6 +11,7 @@ checkpoint has them (`BertForPreTraining`, and bert-base-uncased's own files, wh
 from __future__ import annotations
 
 from transformer.config import ModelConfig
+from transformer.errors import ConfigError
 from transformer.hf import convert
 from transformer.hf.convert import as_is, path
 from transformer.models import EncoderModel
@@ -56,8 +57,8 @@ def hf_config(cfg: ModelConfig) -> dict:
       resolved_qkv_bias=True, scale_embeddings=False, embedding_norm=True,
       resolved_num_kv_heads=cfg.num_heads, resolved_head_dim=cfg.d_model // cfg.num_heads)
   if cfg.num_classes not in (0, 2):
-    raise convert.ConfigError(f'num_classes={cfg.num_classes}: BERT checkpoints with an MLM '
-                              'head hold a 2-way (next-sentence) classifier or none')
+    raise ConfigError(f'num_classes={cfg.num_classes}: BERT checkpoints with an MLM head '
+                      'hold a 2-way (next-sentence) classifier or none')
   return {
       'architectures': ['BertForPreTraining' if cfg.num_classes else 'BertForMaskedLM'],
       'model_type': 'bert', 'vocab_size': cfg.vocab_size, 'hidden_size': cfg.d_model,
