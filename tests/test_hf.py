@@ -270,6 +270,11 @@ def test_missing_misshaped_and_unknown_tensors_are_named(tmp_path):
   one_line_error(ConfigError, untied, "'lm_head.weight' differs")
   with pytest.raises(MissingFileError, match='no config.json'):
     hf.load(tmp_path)
+  torch_only = tmp_path / 'torch_only'
+  torch_only.mkdir()
+  shutil.copy(FIXTURES / 'gpt2' / 'config.json', torch_only)
+  (torch_only / 'pytorch_model.bin').write_bytes(b'')
+  one_line_error(MissingFileError, torch_only, r'no \*\.safetensors .*pytorch_model\.bin')
 
 
 def test_base_model_names_and_repeated_tensors_load(tmp_path):
@@ -336,6 +341,21 @@ def test_import_refuses_a_used_folder_and_leaves_nothing_on_failure(tmp_path):
   with pytest.raises(CheckpointError, match='transformer.ln_f.weight'):
     import_run(broken, tmp_path / 'run')
   assert sorted(p.name for p in tmp_path.iterdir()) == ['gpt2', 'used']
+
+
+def test_the_imported_runs_config_takes_a_config_files_sections(tmp_path):
+  from transformer.hf.run_folder import training_config
+  config_file = tmp_path / 'finetune.py'
+  config_file.write_text('from transformer.train.defaults import base_config\n\n'
+                         'def get_config():\n  c = base_config()\n'
+                         '  c.optim.weight_decay = 0.01\n  c.data.source = "text"\n'
+                         '  c.model.d_model = 999\n  return c\n')
+  model = loaded('marian')[0]
+  config = training_config(model, config_file)
+  assert (config.task, config.data.tokenizer, config.data.source, config.optim.weight_decay) == (
+      'translation', 'pretrained', 'text', 0.01)
+  assert tfm.ModelConfig(**config.model.to_dict()) == model.config   # the model is the import's
+  assert training_config(loaded('bert')[0]).optim.schedule == 'warmup_linear'
 
 
 @pytest.mark.slow
