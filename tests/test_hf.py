@@ -288,6 +288,27 @@ def test_base_model_names_and_repeated_tensors_load(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, variables, loaded('gpt2')[1])
 
 
+def test_older_marian_files_repeat_the_shared_embedding_and_the_sinusoids(tmp_path):
+  """transformers 4 wrote Marian's embedding four times and its fixed position tables; they
+  load when they equal what they repeat (the tables in Marian's formula, written out here)
+  and are refused when they do not."""
+  d, length = 32, 64
+  angle = np.array([[p / 10000 ** (2 * (j // 2) / d) for j in range(d)] for p in range(length)])
+  table = np.concatenate([np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])], 1).astype(np.float32)
+
+  def older(w, positions=table):
+    shared = w['model.shared.weight']
+    return {**w, 'model.encoder.embed_tokens.weight': shared, 'lm_head.weight': shared,
+            'model.decoder.embed_tokens.weight': shared,
+            'model.encoder.embed_positions.weight': positions,
+            'model.decoder.embed_positions.weight': positions}
+  _, variables = hf.load(copy_fixture('marian', tmp_path / 'a', tensors=older))
+  jax.tree.map(np.testing.assert_array_equal, variables, loaded('marian')[1])
+  interleaved = np.stack([table[:, :d // 2], table[:, d // 2:]], -1).reshape(length, d)
+  one_line_error(ConfigError, copy_fixture('marian', tmp_path / 'b', tensors=lambda w: older(
+      w, interleaved)), "'model.encoder.embed_positions.weight' differs")
+
+
 def write_bfloat16(weights: dict[str, np.ndarray], file: pathlib.Path) -> None:
   """A safetensors file of BF16 tensors (the layout: header length, JSON header, bytes)."""
   header, data, offset = {}, b'', 0

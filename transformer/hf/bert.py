@@ -107,6 +107,6 @@ def tensors(cfg: ModelConfig) -> list[convert.Tensor]:
 def tied(cfg: ModelConfig) -> list[convert.Tied]:
   del cfg
   return [convert.Tied('cls.predictions.decoder.weight',
-                       lambda read: read['bert.embeddings.word_embeddings.weight']),
+                       lambda read: read('bert.embeddings.word_embeddings.weight')),
           convert.Tied('cls.predictions.decoder.bias',
-                       lambda read: read['cls.predictions.bias'])]
+                       lambda read: read('cls.predictions.bias'))]

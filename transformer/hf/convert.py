@@ -46,10 +46,10 @@ class Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class Tied:
-  """A tensor a checkpoint may also store (`name`) that repeats `value(tensors)`: checked
-  when present, never written."""
+  """A tensor a checkpoint may also store (`name`) that repeats `value(read)` (`read`
+  fetches another checkpoint tensor by name): checked when present, never written."""
   name: str
-  value: Callable[[dict[str, np.ndarray]], np.ndarray]
+  value: Callable[[Callable[[str], np.ndarray]], np.ndarray]
   exact: bool = True          # False: equal up to float32 rounding (recomputed tables)
 
 
@@ -189,7 +189,6 @@ def read_params(tensors: TensorFile, table: Iterable[Tensor], tied: Iterable[Tie
   """Our flat parameters {path: array} from the checkpoint, every tensor checked: a missing
   or mis-shaped one names itself, and so does one the table does not know."""
   params: dict[Path, np.ndarray] = {}
-  read: dict[str, np.ndarray] = {}
   for entry in table:
     stored = find(tensors, entry.name, prefix)
     if stored is None:
@@ -198,14 +197,15 @@ def read_params(tensors: TensorFile, table: Iterable[Tensor], tied: Iterable[Tie
     if tensors.shape(stored) != entry.shape:
       raise CheckpointError(f'{tensors.folder}: tensor {entry.name!r} has shape '
                             f'{list(tensors.shape(stored))}, expected {list(entry.shape)}')
-    read[entry.name] = value = tensors.read(stored).astype(dtype)
+    value = tensors.read(stored).astype(dtype, copy=False)
     for where, ours in zip(entry.paths, entry.to_ours(value)):
       params[where] = ours
+  read = lambda name: tensors.read(find(tensors, name, prefix)).astype(np.float32)
   for repeat in tied:
     stored = find(tensors, repeat.name, prefix)
     if stored is None:
       continue
-    value, expected = tensors.read(stored).astype(np.float32), repeat.value(read)
+    value, expected = read(repeat.name), repeat.value(read)
     same = (np.array_equal(value, expected) if repeat.exact
             else value.shape == expected.shape and np.allclose(value, expected, atol=1e-5))
     if not same:

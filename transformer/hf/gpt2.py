@@ -90,4 +90,4 @@ def tensors(cfg: ModelConfig) -> list[convert.Tensor]:
 
 def tied(cfg: ModelConfig) -> list[convert.Tied]:
   del cfg
-  return [convert.Tied('lm_head.weight', lambda read: read['transformer.wte.weight'])]
+  return [convert.Tied('lm_head.weight', lambda read: read('transformer.wte.weight'))]

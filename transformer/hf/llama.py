@@ -139,4 +139,4 @@ def tensors(cfg: ModelConfig) -> list[convert.Tensor]:
 def tied(cfg: ModelConfig) -> list[convert.Tied]:
   if not cfg.tie_output:
     return []
-  return [convert.Tied('lm_head.weight', lambda read: read['model.embed_tokens.weight'])]
+  return [convert.Tied('lm_head.weight', lambda read: read('model.embed_tokens.weight'))]

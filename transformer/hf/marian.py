@@ -113,7 +113,7 @@ def tensors(cfg: ModelConfig) -> list[convert.Tensor]:
 def tied(cfg: ModelConfig) -> list[convert.Tied]:
   """Older checkpoints also store the shared embedding under three more names and the
   fixed sinusoid tables."""
-  shared = lambda read: read['model.shared.weight']
+  shared = lambda read: read('model.shared.weight')
   table = np.asarray(sinusoidal_encoding(cfg.max_len, cfg.d_model, layout='split'))
   return [convert.Tied(name, shared) for name in ('model.encoder.embed_tokens.weight',
                                                   'model.decoder.embed_tokens.weight',
