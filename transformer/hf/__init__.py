@@ -41,11 +41,17 @@ from transformer.hf import bert, convert, gpt2, llama, marian
 
 FAMILIES: tuple[ModuleType, ...] = (gpt2, bert, llama, marian)
 # Architectures people will try, and what keeps each out.
-_WHY_NOT = {'t5': 'T5 relative position bias', 'mt5': 'T5 relative position bias',
-            'bloom': 'ALiBi positions', 'mpt': 'ALiBi positions', 'falcon': 'ALiBi / parallel '
-            'attention', 'gpt_neox': 'partial rotary, parallel residual', 'bart':
-            'BART\'s learned positions with offset 2', 'roberta': 'positions offset past the '
-            'pad id', 'gemma': 'RMSNorm scaled by 1 + weight'}
+_WHY_NOT = {
+    't5': 'T5 relative position bias',
+    'mt5': 'T5 relative position bias',
+    'bloom': 'ALiBi positions',
+    'mpt': 'ALiBi positions',
+    'falcon': 'ALiBi or parallel attention',
+    'gpt_neox': 'partial rotary, parallel residual',
+    'bart': "BART's learned positions with offset 2",
+    'roberta': 'positions offset past the pad id',
+    'gemma': 'RMSNorm scaled by 1 + weight',
+}
 
 
 def _family(hf: dict[str, Any], folder: pathlib.Path) -> ModuleType:
