@@ -5,8 +5,10 @@ package: no function of `transformer` is called) and computes the three families
 outputs for unpadded token rows, so that every architectural option can be checked
 against it: post-LN and pre-LN residual blocks, LayerNorm and RMSNorm, ReLU / GELU
 (tanh and exact) / SwiGLU feed-forward, multi-head, grouped-query and multi-query
-attention, any head width, biases on or off, sinusoidal / learned / rotary positions,
-embedding scaling, tied and untied outputs.
+attention, any head width, biases on or off (and on the query/key/value projections
+alone), sinusoidal (interleaved or split channels) / learned / rotary positions with any
+base, token-type embeddings and a norm after the embeddings, embedding scaling, tied and
+untied outputs with or without a logits bias, any norm epsilon.
 """
 
 from __future__ import annotations
@@ -15,27 +17,25 @@ import math
 
 import numpy as np
 
-EPS = 1e-6
-
-
 def f64(tree):
   if isinstance(tree, dict):
     return {k: f64(v) for k, v in tree.items()}
   return np.asarray(tree, np.float64)
 
 
-def layer_norm(x, p):
+def layer_norm(x, p, eps):
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + EPS) * p['scale'] + p['bias']
+  return (x - mean) / np.sqrt(var + eps) * p['scale'] + p['bias']
 
 
-def rms_norm(x, p):
-  return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + EPS) * p['scale']
+def rms_norm(x, p, eps):
+  return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps) * p['scale']
 
 
 def norm(x, p, cfg):
-  return rms_norm(x, p) if cfg.norm == 'rmsnorm' else layer_norm(x, p)
+  norm_fn = rms_norm if cfg.norm == 'rmsnorm' else layer_norm
+  return norm_fn(x, p, cfg.norm_epsilon)
 
 
 _erf = np.vectorize(math.erf)
@@ -69,25 +69,32 @@ def feed_forward(x, p, cfg):
   return dense(hidden, p['wo'])
 
 
-def sinusoid_table(length, d):
+def sinusoid_table(length, d, layout='interleaved'):
+  """Interleaved: sin and cos of the pair's angle side by side (channels i, i + 1);
+  split (Marian): the sines in the first ceil(d / 2) channels, the cosines after them."""
   table = np.zeros((length, d))
+  sines = (d + 1) // 2
   for pos in range(length):
     for i in range(0, d, 2):
       angle = pos / 10000 ** (i / d)
-      table[pos, i] = math.sin(angle)
+      if layout == 'interleaved':
+        sin_channel, cos_channel = i, i + 1
+      else:
+        sin_channel, cos_channel = i // 2, sines + i // 2
+      table[pos, sin_channel] = math.sin(angle)
       if i + 1 < d:
-        table[pos, i + 1] = math.cos(angle)
+        table[pos, cos_channel] = math.cos(angle)
   return table
 
 
-def rotate(x, positions):
-  """RoPE on [T, N, H]: channel pairs (i, i + H/2) rotated by pos * 10000^(-2i/H)."""
+def rotate(x, positions, base=10000.0):
+  """RoPE on [T, N, H]: channel pairs (i, i + H/2) rotated by pos * base^(-2i/H)."""
   h = x.shape[-1]
   half = h // 2
   out = np.empty_like(x)
   for t, pos in enumerate(positions):
     for i in range(half):
-      angle = pos * 10000 ** (-2 * i / h)
+      angle = pos * base ** (-2 * i / h)
       c, s = math.cos(angle), math.sin(angle)
       a, b = x[t, :, i], x[t, :, i + half]
       out[t, :, i] = a * c - b * s
@@ -99,7 +106,8 @@ def attention(x_q, x_kv, p, cfg, *, causal: bool, rope: bool):
   """One row: x_q [T, D], x_kv [S, D] -> [T, D]."""
   q, k, v = dense(x_q, p['query']), dense(x_kv, p['key']), dense(x_kv, p['value'])  # [T,N,H]
   if rope:
-    q, k = rotate(q, range(len(x_q))), rotate(k, range(len(x_kv)))
+    base = cfg.rope_max_wavelength
+    q, k = rotate(q, range(len(x_q)), base), rotate(k, range(len(x_kv)), base)
   n, kv_heads, h = q.shape[1], k.shape[1], q.shape[2]
   out = np.zeros_like(q)
   for head in range(n):
@@ -119,19 +127,24 @@ def residual(x, sublayer, p_norm, cfg):
   return norm(x + sublayer(x), p_norm, cfg)
 
 
-def embed(tokens, table, p_embedder, cfg):
+def embed(tokens, table, p_embedder, cfg, token_types=None):
   x = table[tokens]
   if cfg.scale_embeddings:
     x = x * math.sqrt(cfg.d_model)
   if cfg.position == 'sinusoidal':
-    x = x + sinusoid_table(len(tokens), cfg.d_model)
+    x = x + sinusoid_table(len(tokens), cfg.d_model, cfg.sinusoid_layout)
   elif cfg.position == 'learned':
     x = x + p_embedder['position_embedding']['embedding'][:len(tokens)]
+  if cfg.num_token_types:
+    types = np.zeros(len(tokens), int) if token_types is None else token_types
+    x = x + p_embedder['token_type_embedding']['embedding'][types]
+  if cfg.embedding_norm:
+    x = norm(x, p_embedder['embedding_norm'], cfg)
   return x
 
 
-def encoder(tokens, table, p, cfg):
-  x = embed(tokens, table, p.get('embedder', {}), cfg)
+def encoder(tokens, table, p, cfg, token_types=None):
+  x = embed(tokens, table, p.get('embedder', {}), cfg, token_types)
   rope = cfg.position == 'rope'
   for i in range(cfg.num_layers):
     layer = p[f'layer_{i}']
@@ -160,7 +173,7 @@ def decoder(tokens, table, p, cfg, num_layers, encoded=None):
   if cfg.pre_norm:
     x = norm(x, p['final_norm'], cfg)
   if cfg.tie_output:
-    return x @ table.T
+    return x @ table.T + (p['logits_bias'] if cfg.logits_bias else 0)
   return dense(x, p['output_projection'])
 
 
@@ -185,14 +198,18 @@ def lm_logits(params, cfg, tokens):
                    for t in np.asarray(tokens)])
 
 
-def encoder_model_outputs(params, cfg, tokens):
-  """{'mlm_logits': [B, T, V], 'class_logits': [B, C]} of the encoder-only model."""
+def encoder_model_outputs(params, cfg, tokens, token_types=None):
+  """{'mlm_logits': [B, T, V], 'class_logits': [B, C]} of the encoder-only model. Its MLM
+  head's GELU is exact for a model whose activation is, else the tanh form."""
   params = f64(params)
   table = params['embedding']['embedding']
+  head_activation = 'gelu_exact' if cfg.activation == 'gelu_exact' else 'gelu'
   mlm, classes = [], []
-  for t in np.asarray(tokens):
-    x = encoder(t, table, params['encoder'], cfg)
-    h = norm(activation(dense(x, params['mlm_transform']), 'gelu'), params['mlm_norm'], cfg)
+  types = [None] * len(tokens) if token_types is None else np.asarray(token_types)
+  for t, tt in zip(np.asarray(tokens), types):
+    x = encoder(t, table, params['encoder'], cfg, tt)
+    h = norm(activation(dense(x, params['mlm_transform']), head_activation), params['mlm_norm'],
+             cfg)
     mlm.append(h @ table.T + params['mlm_bias'])
     if cfg.num_classes:
       pooled = np.tanh(dense(x[0], params['pooler']))

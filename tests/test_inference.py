@@ -232,3 +232,30 @@ def test_scanned_models_decode_as_their_unscanned_layout(encdec, sources, transl
   with pytest.raises(ValueError, match='unscanned'):
     scanned.apply(stacked, None, sources, sources[:, :1], cache=scanned.init_cache(3, 4),
                   method=scanned.decode)
+
+
+class _IdTokenizer:
+  """Text '3 17 5' <-> ids [3, 17, 5], up to eos."""
+  eos_id, bos_id = EOS, BOS_ID
+
+  def encode(self, text):
+    return [int(t) for t in text.split()]
+
+  def decode(self, ids):
+    ids = [int(i) for i in ids]
+    return ' '.join(map(str, ids[:ids.index(EOS)] if EOS in ids else ids))
+
+
+def test_translate_texts_pads_sources_with_the_models_pad_id(encdec):
+  """Batched sources are padded (to a bucket of 8) with the model's pad id, here the last
+  one, so 0 is a real token: each translation is the source's translation alone."""
+  _, params = encdec
+  model = tf.Transformer(CONFIG.replace(pad_id=VOCAB - 1))
+  tokenizer = _IdTokenizer()
+  texts = ['5 9 13', '0 0 7 22 3 30']
+  outputs = inference.translate_texts(model, params, tokenizer, texts, beam_size=1,
+                                      batch_size=2, max_extra_len=6)
+  for text, output in zip(texts, outputs):
+    source = jnp.asarray([tokenizer.encode(text) + [EOS]])
+    alone = inference.translate_greedy(model, params, source, max_decode_len=8 + 6)
+    assert output == tokenizer.decode(np.asarray(alone)[0])

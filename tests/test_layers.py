@@ -33,7 +33,7 @@ def inputs(shape, seed=2):
   return jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu', 'swiglu'])
+@pytest.mark.parametrize('activation', ['relu', 'gelu', 'gelu_exact', 'silu', 'swiglu'])
 @pytest.mark.parametrize('use_bias', [True, False])
 def test_feed_forward(activation, use_bias):
   cfg = tf.tiny(activation=activation, use_bias=use_bias, d_model=16, mlp_dim=24)
@@ -46,8 +46,9 @@ def test_feed_forward(activation, use_bias):
 
 
 @pytest.mark.parametrize('norm', ['layernorm', 'rmsnorm'])
-def test_norms(norm):
-  cfg = tf.tiny(norm=norm, d_model=16)
+@pytest.mark.parametrize('epsilon', [1e-6, 0.5])
+def test_norms(norm, epsilon):
+  cfg = tf.tiny(norm=norm, d_model=16, norm_epsilon=epsilon)
   module = layers.make_norm(cfg, 'norm')
   x = inputs((2, 5, 16)) * 3 + 1
   params = init(module, x)

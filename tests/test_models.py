@@ -168,7 +168,11 @@ OPTIONS = [
     dict(num_kv_heads=1), dict(num_kv_heads=2), dict(share_embeddings=False, tie_output=False,
                                                      target_vocab_size=30),
     dict(use_bias=False), dict(num_decoder_layers=1), dict(head_dim=32),
-    dict(scale_embeddings=False),
+    dict(scale_embeddings=False), dict(norm_epsilon=0.5), dict(activation='gelu_exact'),
+    dict(activation='silu'), dict(sinusoid_layout='split'),
+    dict(position='rope', rope_max_wavelength=100.0), dict(use_bias=False, qkv_bias=True),
+    dict(logits_bias=True), dict(tie_output=False, logits_bias=False),
+    dict(embedding_norm=True),
 ]
 
 
@@ -194,6 +198,12 @@ def test_encoder_decoder_matches_the_reference_and_stays_causal(changes):
   model = tf.Transformer(cfg)
   src, tgt = tokens(7, (2, 6), 30), tokens(8, (2, 5), 30)
   params = random_params(model, src, tgt)
+  # Which biases exist (the reference uses whichever it finds).
+  attention = params['decoder']['layer_0']['self_attention']
+  assert ('bias' in attention['query']) == cfg.resolved_qkv_bias
+  assert ('bias' in attention['out']) == cfg.use_bias
+  if not cfg.tie_output:
+    assert ('bias' in params['decoder']['output_projection']) == (cfg.logits_bias is not False)
   logits = jax.jit(model.apply)({'params': params}, src, tgt)
   assert logits.shape == (2, 5, cfg.resolved_target_vocab_size)
   expected = reference.transformer_logits(params, cfg, src, tgt)
@@ -204,10 +214,13 @@ def test_encoder_decoder_matches_the_reference_and_stays_causal(changes):
 
 
 @pytest.mark.parametrize('changes', [
-    dict(), dict(pre_norm=True, position='learned', activation='gelu'),
+    dict(), dict(pre_norm=True, position='learned', activation='gelu', norm_epsilon=1e-5),
     dict(pre_norm=True, norm='rmsnorm', position='rope', activation='swiglu', num_kv_heads=2,
          tie_output=False, use_bias=False, scale_embeddings=False),
-], ids=['paper', 'gpt2-like', 'llama-like'])
+    dict(pre_norm=True, norm='rmsnorm', position='rope', activation='swiglu', num_kv_heads=2,
+         tie_output=False, logits_bias=False, use_bias=False, qkv_bias=True,
+         scale_embeddings=False, rope_max_wavelength=1e6),
+], ids=['paper', 'gpt2-like', 'llama-like', 'qwen2-like'])
 def test_decoder_lm_matches_the_reference(changes):
   cfg = tf.tiny(vocab_size=40, max_len=16, **changes)
   model = tf.DecoderLM(cfg)
@@ -219,16 +232,39 @@ def test_decoder_lm_matches_the_reference(changes):
 
 @pytest.mark.parametrize('changes', [
     dict(), dict(pre_norm=True, position='learned', activation='gelu', scale_embeddings=False),
-], ids=['paper', 'bert-like'])
+    dict(position='learned', activation='gelu_exact', scale_embeddings=False,
+         num_token_types=2, embedding_norm=True, norm_epsilon=1e-12),
+], ids=['paper', 'pre-ln', 'bert'])
 def test_encoder_model_matches_the_reference(changes):
   cfg = tf.tiny(vocab_size=40, max_len=16, num_classes=3, **changes)
   model = tf.EncoderModel(cfg)
   seq = tokens(10, (2, 7))
   params = random_params(model, seq)
-  out = jax.jit(model.apply)({'params': params}, seq)
-  expected = reference.encoder_model_outputs(params, cfg, seq)
+  token_types = None
+  if cfg.num_token_types:   # segment A, then segment B
+    token_types = jnp.broadcast_to((jnp.arange(7) >= 3).astype(jnp.int32), (2, 7))
+  out = jax.jit(model.apply)({'params': params}, seq, token_type_ids=token_types)
+  expected = reference.encoder_model_outputs(params, cfg, seq, token_types)
   for key in ('mlm_logits', 'class_logits'):
     assert reference_error(out[key], expected[key]) < 1e-5, key
+
+
+def test_decoder_can_read_pad_tokens_as_real_ones():
+  """Marian starts decoding from the pad token: with mask_decoder_pad=False a decoder row
+  holding pad ids equals the reference (which masks nothing), with the default it does
+  not; source pads stay masked either way."""
+  cfg = tf.tiny(vocab_size=40, max_len=16, mask_decoder_pad=False)
+  model = tf.Transformer(cfg)
+  src, tgt = tokens(15, (2, 6), 30), tokens(16, (2, 5), 30).at[:, 0].set(cfg.pad_id)
+  params = random_params(model, src, tgt)
+  logits = jax.jit(model.apply)({'params': params}, src, tgt)
+  expected = reference.transformer_logits(params, cfg, src, tgt)
+  assert reference_error(logits, expected) < 1e-5
+  masked = tf.Transformer(cfg.replace(mask_decoder_pad=True)).apply({'params': params}, src, tgt)
+  assert reference_error(masked, expected) > 1e-3
+  padded_src = jnp.pad(src, ((0, 0), (0, 3)))
+  np.testing.assert_allclose(model.apply({'params': params}, padded_src, tgt), logits,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_tied_output_is_the_embedding_transposed():
@@ -381,6 +417,10 @@ def test_config_validation():
     tf.ModelConfig(num_heads=4, num_kv_heads=3)
   with pytest.raises(ValueError, match='activation'):
     tf.ModelConfig(activation='tanh')
+  with pytest.raises(ValueError, match='sinusoid_layout'):
+    tf.ModelConfig(sinusoid_layout='blocked')
+  with pytest.raises(ValueError, match='token types are for the EncoderModel'):
+    tf.DecoderLM(tf.tiny(num_token_types=2)).init(RNG, jnp.ones((1, 4), jnp.int32))
 
 
 def test_cross_attention_cache_matches_the_full_forward_pass():

@@ -23,6 +23,20 @@ def test_sinusoidal_encoding_odd_width():
   np.testing.assert_allclose(table[3, 4], math.sin(3 / 10000 ** (4 / 5)), atol=1e-6)
 
 
+def test_split_layout_puts_sines_first_then_cosines():
+  """Marian's channel order: the same angles, sin in channel i, cos in d/2 + i."""
+  length, d_model = 20, 8
+  table = np.asarray(positional.sinusoidal_encoding(length, d_model, layout='split'))
+  for pos in range(length):
+    for i in range(d_model // 2):
+      angle = pos / 10000 ** (2 * i / d_model)
+      assert abs(table[pos, i] - math.sin(angle)) < 1e-6
+      assert abs(table[pos, d_model // 2 + i] - math.cos(angle)) < 1e-6
+  odd = np.asarray(positional.sinusoidal_encoding(4, 5, layout='split'))
+  np.testing.assert_allclose(odd[3, :3], np.sin(3 / 10000 ** (np.arange(0, 5, 2) / 5)),
+                             atol=1e-6)
+
+
 def test_rope_preserves_norm_and_depends_on_relative_position():
   q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 8))
   k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 8))

@@ -10,7 +10,8 @@ Shape glossary, used in every einsum string, jaxtyping annotation and shape comm
 
 Pure functions live in `attention`, `positional` and `decode`; small linen modules own the
 parameters (`attention.MultiHeadAttention`, `layers.*`, `models.*`); `ModelConfig` in
-`config` describes a whole model.
+`config` describes a whole model. `nnx` gives the models as Flax NNX modules, `hf` reads
+and writes Hugging Face checkpoints.
 """
 
 import importlib
@@ -25,7 +26,7 @@ _EXPORTS = {
     'DecoderLM': 'models', 'EncoderModel': 'models', 'Transformer': 'models',
     'apply_rope': 'positional', 'sinusoidal_encoding': 'positional',
 }
-_SUBMODULES = ('attention', 'config', 'decode', 'layers', 'models', 'positional')
+_SUBMODULES = ('attention', 'config', 'decode', 'hf', 'layers', 'models', 'nnx', 'positional')
 
 
 def __getattr__(name):

@@ -3,6 +3,7 @@
     python -m transformer translate --workdir DIR < src.txt > hyp.txt
     python -m transformer generate  --workdir DIR --prompt "..." [--max_new_tokens N]
     python -m transformer evaluate  --workdir DIR [--split test] [--average_last N]
+    python -m transformer import    --hf HF_MODEL_DIR --workdir DIR [--config FILE.py]
 
 A mistake (no checkpoint, the wrong kind of run, input that is not UTF-8) is one line on
 stderr and exit status 2 (`--debug` shows the traceback); input longer than the model
@@ -58,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument('--beam_size', type=int, default=None)
   evaluate.add_argument('--alpha', type=float, default=None)
   evaluate.add_argument('--bleu_examples', type=int, default=0, help='0 = the whole split')
+
+  importer = commands.add_parser(
+      'import', help='a Hugging Face model folder (GPT-2, BERT, Llama, Mistral, Qwen2, '
+      'Marian) -> a run folder')
+  importer.add_argument('--hf', required=True,
+                        help='the Hugging Face folder: config.json, *.safetensors, tokenizer')
+  importer.add_argument('--workdir', required=True, help='the run folder to create')
+  importer.add_argument('--config', default=None,
+                        help="a training config file whose data, optim and train sections "
+                        "the run takes (default: the defaults, a fine-tuning schedule)")
+  importer.add_argument('--debug', action='store_true',
+                        help='show the traceback of errors that are reported in one line')
   return parser
 
 
@@ -117,10 +130,21 @@ def _read_lines() -> list[str]:
   return lines
 
 
+def _import(args) -> int:
+  from transformer.hf.run_folder import import_run
+  workdir = import_run(args.hf, args.workdir, args.config)
+  print(f'imported {args.hf} into {workdir}: try `python -m transformer generate` or '
+        f'`translate --workdir {workdir}`, or fine-tune with `python train.py --config '
+        f'{workdir}/config.py --workdir {workdir}`')
+  return 0
+
+
 def _run(args) -> int:
   from transformer import inference
   from transformer.train.run import load_run
 
+  if args.command == 'import':
+    return _import(args)
   run = load_run(args.workdir, step=args.step, average_last=args.average_last, report=_warn)
   if len(run.steps) < args.average_last:
     _warn(f'--average_last {args.average_last}: the run has {len(run.steps)} checkpoints up '

@@ -249,6 +249,7 @@ class MultiHeadAttention(nn.Module):
   num_kv_heads: int | None = None
   dropout_rate: float = 0.0
   use_bias: bool = True
+  qkv_bias: bool | None = None        # the query/key/value projections' biases; None: use_bias
   rope: bool = False
   rope_max_wavelength: float = 10_000.0
   implementation: str | None = None
@@ -258,8 +259,9 @@ class MultiHeadAttention(nn.Module):
   dot_general: Any = None             # None: lax.dot_general; see transformer.matmul
 
   def _projection(self, heads: int) -> nn.DenseGeneral:
+    use_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
     return nn.DenseGeneral(
-        features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+        features=(heads, self.head_dim), use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, dot_general=self.dot_general,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))

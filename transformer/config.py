@@ -20,6 +20,7 @@ import jax.numpy as jnp
 # output; 'full' keeps only each layer's input. Names follow `jax.checkpoint_policies`.
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
                   'save_attention_out')
+ACTIVATIONS = ('relu', 'gelu', 'gelu_exact', 'silu', 'swiglu')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,33 @@ class ModelConfig:
   max_len: int = 256                  # longest position the positional encoding covers
   dropout_rate: float = 0.1           # P_drop: sub-layer outputs and embeddings
   attention_dropout_rate: float = 0.0  # dropout on attention weights
-  activation: str = 'relu'            # feed-forward: 'relu' (paper), 'gelu', 'swiglu'
+  activation: str = 'relu'            # feed-forward: 'relu' (paper), 'gelu' (tanh
+                                      # approximation: GPT-2), 'gelu_exact' (erf: BERT),
+                                      # 'silu' (Marian's swish), 'swiglu' (gated: Llama)
   norm: str = 'layernorm'             # 'layernorm' (paper) or 'rmsnorm'
+  norm_epsilon: float = 1e-6          # added to the variance in every norm (GPT-2: 1e-5,
+                                      # BERT: 1e-12)
   pre_norm: bool = False              # False: post-LN as in the paper; True: pre-LN
   position: str = 'sinusoidal'        # 'sinusoidal' (paper), 'learned' or 'rope'
+  sinusoid_layout: str = 'interleaved'  # 'interleaved': sines on even, cosines on odd
+                                      # channels; 'split': sines in the first half, cosines
+                                      # in the second (Marian, fairseq)
+  rope_max_wavelength: float = 10_000.0  # RoPE's base (Hugging Face's rope_theta)
   use_bias: bool = True               # biases in attention and feed-forward projections
+  qkv_bias: bool | None = None        # biases of the query/key/value projections alone;
+                                      # None: use_bias (Qwen2: True with use_bias False)
   share_embeddings: bool = True       # encoder-decoder: one embedding for source and target
   tie_output: bool = True             # output projection = target embedding transposed
+  logits_bias: bool | None = None     # a bias on the output logits. None: only an untied
+                                      # output projection has one; True: tied outputs too
+                                      # (Marian's final_logits_bias); False: none (Llama)
   scale_embeddings: bool = True       # multiply embeddings by sqrt(d_model) (section 3.4)
+  num_token_types: int = 0            # EncoderModel: >0 adds token-type (segment A/B)
+                                      # embeddings, read from `token_type_ids` (BERT)
+  embedding_norm: bool = False        # a norm after the summed embeddings (BERT)
+  mask_decoder_pad: bool = True       # False: the decoder's self-attention reads pad tokens
+                                      # like any other and counts them in its positions
+                                      # (Marian starts decoding from the pad token)
   num_classes: int = 0                # EncoderModel: >0 adds a sequence-classification head
   pad_id: int = 0
   dtype: str = 'float32'              # compute dtype, e.g. 'bfloat16'
@@ -74,8 +94,15 @@ class ModelConfig:
                        'set head_dim explicitly')
     if self.num_heads % (self.num_kv_heads or self.num_heads):
       raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}')
-    if self.activation not in ('relu', 'gelu', 'swiglu'):
-      raise ValueError(f"activation must be 'relu', 'gelu' or 'swiglu', not {self.activation!r}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'activation must be one of {ACTIVATIONS}, not {self.activation!r}')
+    if self.norm_epsilon <= 0:
+      raise ValueError(f'norm_epsilon must be positive, not {self.norm_epsilon}')
+    if self.sinusoid_layout not in ('interleaved', 'split'):
+      raise ValueError("sinusoid_layout must be 'interleaved' or 'split', not "
+                       f'{self.sinusoid_layout!r}')
+    if self.num_token_types < 0:
+      raise ValueError(f'num_token_types must be >= 0, not {self.num_token_types}')
     if self.norm not in ('layernorm', 'rmsnorm'):
       raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', not {self.norm!r}")
     if self.position not in ('sinusoidal', 'learned', 'rope'):
@@ -87,6 +114,19 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def resolved_num_kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def resolved_qkv_bias(self) -> bool:
+    return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+  @property
+  def resolved_logits_bias(self) -> bool:
+    """Whether the logits get a bias (see `logits_bias`)."""
+    return bool(self.logits_bias) if self.tie_output else self.logits_bias is not False
 
   @property
   def resolved_target_vocab_size(self) -> int:

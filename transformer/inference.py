@@ -271,13 +271,14 @@ def translate_texts(model: Transformer, params: Any, tokenizer: Any, texts: Sequ
     raise UserError('translation needs an encoder-decoder Transformer, not '
                     f'{type(model).__name__}')
   tok, max_len = tokenizer, model.config.max_len
+  pad_id = max(model.config.pad_id, 0)   # (a model without a pad id cannot mask any)
   encoded = [(tok.encode(t) + [tok.eos_id])[:max_len] for t in texts]
   order = np.argsort([len(e) for e in encoded], kind='stable')
   results: list[str] = [''] * len(texts)
   for start in range(0, len(order), batch_size):
     rows = order[start:start + batch_size]
     width = min(_bucket(max(len(encoded[i]) for i in rows)), max_len)
-    src = np.zeros((batch_size, width), np.int32)  # full batches: one compiled shape
+    src = np.full((batch_size, width), pad_id, np.int32)  # full batches: one compiled shape
     for r, i in enumerate(rows):
       src[r, :len(encoded[i])] = encoded[i]
     decode_len = min(width + max_extra_len, max_len)

@@ -20,6 +20,16 @@ from transformer.config import ModelConfig
 from transformer.matmul import projection_dot_general
 
 
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  """The non-gated activations by config name: 'gelu' is the tanh approximation (GPT-2's
+  gelu_new), 'gelu_exact' the erf form (BERT's gelu), 'silu' Marian's swish."""
+  functions = {'relu': nn.relu, 'gelu': nn.gelu,
+               'gelu_exact': lambda x: nn.gelu(x, approximate=False), 'silu': nn.silu}
+  if name not in functions:
+    raise ValueError(f'unknown activation {name!r}')
+  return functions[name]
+
+
 class FeedForward(nn.Module):
   """FFN(x) = act(x W1 + b1) W2 + b2 (paper, eq. 2); SwiGLU: (silu(x Wg) * x W1) W2."""
   mlp_dim: int
@@ -39,25 +49,21 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
     hidden = self._dense(self.mlp_dim, ('embed', 'mlp'), 'wi')(x)
-    if self.activation == 'relu':
-      hidden = nn.relu(hidden)
-    elif self.activation == 'gelu':
-      hidden = nn.gelu(hidden)
-    elif self.activation == 'swiglu':
+    if self.activation == 'swiglu':
       hidden = nn.silu(self._dense(self.mlp_dim, ('embed', 'mlp'), 'gate')(x)) * hidden
     else:
-      raise ValueError(f'unknown activation {self.activation!r}')
+      hidden = activation_fn(self.activation)(hidden)
     return self._dense(x.shape[-1], ('mlp', 'embed'), 'wo')(hidden)
 
 
 def make_norm(config: ModelConfig, name: str) -> nn.Module:
-  """LayerNorm (the paper) or RMSNorm, with float32 statistics."""
+  """LayerNorm (the paper) or RMSNorm, with float32 statistics and `norm_epsilon`."""
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
   if config.norm == 'rmsnorm':
-    return nn.RMSNorm(epsilon=1e-6, dtype=config.compute_dtype,
+    return nn.RMSNorm(epsilon=config.norm_epsilon, dtype=config.compute_dtype,
                       param_dtype=config.storage_dtype, scale_init=scale_init, name=name)
-  return nn.LayerNorm(epsilon=1e-6, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
-                      scale_init=scale_init,
+  return nn.LayerNorm(epsilon=config.norm_epsilon, dtype=config.compute_dtype,
+                      param_dtype=config.storage_dtype, scale_init=scale_init,
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
                       name=name)
 
@@ -66,7 +72,8 @@ def make_attention(config: ModelConfig, rope: bool, name: str | None = None) -> 
   return MultiHeadAttention(
       num_heads=config.num_heads, head_dim=config.resolved_head_dim,
       num_kv_heads=config.num_kv_heads, dropout_rate=config.attention_dropout_rate,
-      use_bias=config.use_bias, rope=rope, implementation=config.attention_impl,
+      use_bias=config.use_bias, qkv_bias=config.qkv_bias, rope=rope,
+      rope_max_wavelength=config.rope_max_wavelength, implementation=config.attention_impl,
       dtype=config.compute_dtype, param_dtype=config.storage_dtype, name=name,
       dot_general=projection_dot_general(config.cpu_matmul))
 

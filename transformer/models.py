@@ -40,7 +40,7 @@ from transformer import attention as attn
 from transformer import positional
 from transformer.config import ModelConfig
 from transformer.layers import (DecoderLayer, EncoderLayer, ScannedDecoderLayer,
-                                ScannedEncoderLayer, make_norm)
+                                ScannedEncoderLayer, activation_fn, make_norm)
 from transformer.matmul import projection_dot_general
 
 Cache = dict[str, Any]
@@ -53,6 +53,13 @@ def default_positions(tokens: Int[Array, "B T"], pad_id: int = 0,
   if offset is not None:
     count = count + offset[:, None]
   return jnp.maximum(count, 0).astype(jnp.int32)
+
+
+def example_inputs(model: nn.Module, length: int = 8) -> tuple[jax.Array, ...]:
+  """Token ids that `model.init` can trace (only their shapes matter): the encoder-decoder
+  takes source and target ids, the others one row of ids."""
+  tokens = jnp.ones((1, min(length, model.config.max_len)), jnp.int32)
+  return (tokens, tokens) if isinstance(model, Transformer) else (tokens,)
 
 
 def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length: int,
@@ -82,13 +89,18 @@ def _embedding(config: ModelConfig, vocab_size: int | None, name: str) -> nn.Emb
 
 
 class _Embedder(nn.Module):
-  """Token embedding * sqrt(d_model) + positional encoding, then dropout (paper 3.4, 3.5)."""
+  """Token embedding * sqrt(d_model) + positional encoding, then dropout (paper 3.4, 3.5).
+
+  BERT's options: token-type embeddings added too (`num_token_types`), and a norm of the
+  sum before the dropout (`embedding_norm`).
+  """
   config: ModelConfig
   embedding: nn.Embed
 
   @nn.compact
   def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"],
-               deterministic: bool) -> Float[Array, "B T D"]:
+               deterministic: bool, token_type_ids: Int[Array, "B T"] | None = None
+               ) -> Float[Array, "B T D"]:
     cfg = self.config
     if cfg.position != 'rope' and positions.shape[-1] > cfg.max_len:
       # Out-of-range table rows would be NaN, and NaN leaks through masked attention.
@@ -98,13 +110,22 @@ class _Embedder(nn.Module):
     if cfg.scale_embeddings:
       x = x * jnp.sqrt(cfg.d_model).astype(x.dtype)
     if cfg.position == 'sinusoidal':
-      table = positional.sinusoidal_encoding(cfg.max_len, cfg.d_model)
+      table = positional.sinusoidal_encoding(cfg.max_len, cfg.d_model,
+                                             layout=cfg.sinusoid_layout)
       x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
     elif cfg.position == 'learned':
       x = x + positional.LearnedPositionalEmbedding(
           cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
           name='position_embedding')(positions)
     # 'rope' rotates queries and keys inside attention instead.
+    if cfg.num_token_types:
+      types = jnp.zeros_like(tokens) if token_type_ids is None else token_type_ids
+      x = x + nn.Embed(cfg.num_token_types, cfg.d_model, dtype=cfg.compute_dtype,
+                       param_dtype=cfg.storage_dtype, name='token_type_embedding',
+                       embedding_init=nn.with_logical_partitioning(
+                           nn.initializers.normal(stddev=0.02), (None, 'embed')))(types)
+    if cfg.embedding_norm:
+      x = make_norm(cfg, 'embedding_norm')(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -158,7 +179,8 @@ class Encoder(nn.Module):
 
   def __call__(self, tokens: Int[Array, "B S"], positions: Int[Array, "B S"] | None = None,
                segment_ids: Int[Array, "B S"] | None = None,
-               deterministic: bool = True) -> Float[Array, "B S D"]:
+               deterministic: bool = True,
+               token_type_ids: Int[Array, "B S"] | None = None) -> Float[Array, "B S D"]:
     cfg = self.config
     if positions is None:
       positions = default_positions(tokens, cfg.pad_id)
@@ -166,7 +188,7 @@ class Encoder(nn.Module):
     mask = attn.padding_attention_mask(valid, valid)
     if segment_ids is not None:
       mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
-    x = self.embedder(tokens, positions, deterministic)
+    x = self.embedder(tokens, positions, deterministic, token_type_ids)
     x = _run_stack(self.layers, x, mask, positions, deterministic)
     return self.final_norm(x) if cfg.pre_norm else x
 
@@ -174,7 +196,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Embeddings, a stack of causal `DecoderLayer`s and the output projection to logits.
 
-  Logits are float32 whatever the compute dtype.
+  Logits are float32 whatever the compute dtype. With `mask_decoder_pad=False` the pad id
+  is an ordinary token here (Marian feeds it as the first decoder input); the source's pad
+  tokens are still masked in cross-attention.
   """
   config: ModelConfig
   embedding: nn.Embed
@@ -190,12 +214,16 @@ class Decoder(nn.Module):
       self.final_norm = make_norm(cfg, 'final_norm')
     if not cfg.tie_output:
       self.output_projection = nn.Dense(
-          cfg.resolved_target_vocab_size, dtype=cfg.compute_dtype,
-          param_dtype=cfg.storage_dtype, name='output_projection',
+          cfg.resolved_target_vocab_size, use_bias=cfg.logits_bias is not False,
+          dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name='output_projection',
           dot_general=projection_dot_general(cfg.cpu_matmul),
           kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                    ('embed', 'vocab')),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)))
+    elif cfg.logits_bias:
+      self.logits_bias = self.param(
+          'logits_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+          (cfg.resolved_target_vocab_size,), cfg.storage_dtype)
 
   def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
                segment_ids: Int[Array, "B T"] | None = None,
@@ -204,7 +232,8 @@ class Decoder(nn.Module):
                encoder_segment_ids: Int[Array, "B S"] | None = None,
                cache: Cache | None = None, deterministic: bool = True):
     cfg = self.config
-    valid = tokens != cfg.pad_id
+    pad_id = cfg.pad_id if cfg.mask_decoder_pad else -1   # -1: no token is padding
+    valid = tokens != pad_id
     cross_mask = None
     if self.cross_attention:
       # Every target position reads the real source tokens (padded queries too, so that
@@ -216,7 +245,7 @@ class Decoder(nn.Module):
 
     if cache is None:
       if positions is None:
-        positions = default_positions(tokens, cfg.pad_id)
+        positions = default_positions(tokens, pad_id)
       mask = attn.padding_attention_mask(valid, valid, causal=True, mask_queries=False)
       if segment_ids is not None:
         mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
@@ -224,7 +253,7 @@ class Decoder(nn.Module):
     else:
       index = cache['index']
       if positions is None:
-        positions = default_positions(tokens, cfg.pad_id, offset=cache['valid'].sum(-1))
+        positions = default_positions(tokens, pad_id, offset=cache['valid'].sum(-1))
       key_valid = jax.lax.dynamic_update_slice(cache['valid'], valid, (0, index))
       mask = (attn.make_causal_mask(tokens.shape[1], key_valid.shape[1], offset=index)
               & key_valid[:, None, None, :])
@@ -247,6 +276,8 @@ class Decoder(nn.Module):
       x = self.final_norm(x)
     if cfg.tie_output:
       logits = self.embedding.attend(x)
+      if cfg.logits_bias:
+        logits = logits + self.logits_bias.astype(logits.dtype)
     else:
       logits = self.output_projection(x)
     logits = logits.astype(jnp.float32)
@@ -263,6 +294,12 @@ class Decoder(nn.Module):
     return [layer.project_cross_key_value(encoded) for layer in self.layers]
 
 
+def _no_token_types(config: ModelConfig, family: str) -> None:
+  if config.num_token_types:
+    raise ValueError(f'num_token_types={config.num_token_types}: token types are for the '
+                     f'EncoderModel, {family} takes none')
+
+
 class Transformer(nn.Module):
   """The encoder-decoder of "Attention Is All You Need".
 
@@ -273,6 +310,7 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
+    _no_token_types(cfg, 'Transformer')
     source_embedding = _embedding(cfg, cfg.vocab_size, 'source_embedding')
     if cfg.share_embeddings:
       target_embedding = source_embedding
@@ -322,6 +360,7 @@ class DecoderLM(nn.Module):
 
   def setup(self):
     cfg = self.config
+    _no_token_types(cfg, 'DecoderLM')
     self.decoder = Decoder(cfg, _embedding(cfg, cfg.vocab_size, 'embedding'), cfg.num_layers,
                            cross_attention=False)
 
@@ -338,7 +377,10 @@ class EncoderModel(nn.Module):
 
   `__call__` returns {'mlm_logits': [B, T, V], 'class_logits': [B, C]} (the latter only
   when `config.num_classes > 0`); `mlm_logits` and `classify` compute one head each.
-  The classifier reads the first token (put a bos/[CLS] token there).
+  The classifier reads the first token (put a bos/[CLS] token there). With
+  `num_token_types`, every method takes `token_type_ids` [B, T] (default: all type 0).
+  The MLM head's activation is GELU: exact when the model's is 'gelu_exact' (BERT's head
+  uses its hidden_act), else the tanh approximation.
   """
   config: ModelConfig
 
@@ -359,11 +401,13 @@ class EncoderModel(nn.Module):
       self.pooler = dense(cfg.d_model, ('embed', 'mlp'), 'pooler')
       self.classifier = dense(cfg.num_classes, ('mlp', None), 'classifier')
 
-  def encode(self, inputs, *, positions=None, segment_ids=None, deterministic: bool = True):
-    return self.encoder(inputs, positions, segment_ids, deterministic)
+  def encode(self, inputs, *, positions=None, segment_ids=None, token_type_ids=None,
+             deterministic: bool = True):
+    return self.encoder(inputs, positions, segment_ids, deterministic, token_type_ids)
 
   def _mlm_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
-    x = self.mlm_norm(nn.gelu(self.mlm_transform(x)))
+    exact = self.config.activation == 'gelu_exact'
+    x = self.mlm_norm(activation_fn('gelu_exact' if exact else 'gelu')(self.mlm_transform(x)))
     return (self.embedding.attend(x) + self.mlm_bias).astype(jnp.float32)
 
   def _class_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B C"]:
@@ -372,19 +416,22 @@ class EncoderModel(nn.Module):
     pooled = jnp.tanh(self.pooler(x[:, 0]))
     return self.classifier(pooled).astype(jnp.float32)
 
-  def mlm_logits(self, inputs, *, positions=None, segment_ids=None,
+  def mlm_logits(self, inputs, *, positions=None, segment_ids=None, token_type_ids=None,
                  deterministic: bool = True) -> Float[Array, "B T V"]:
     return self._mlm_head(self.encode(inputs, positions=positions, segment_ids=segment_ids,
+                                      token_type_ids=token_type_ids,
                                       deterministic=deterministic))
 
-  def classify(self, inputs, *, positions=None, segment_ids=None,
+  def classify(self, inputs, *, positions=None, segment_ids=None, token_type_ids=None,
                deterministic: bool = True) -> Float[Array, "B C"]:
     return self._class_head(self.encode(inputs, positions=positions, segment_ids=segment_ids,
+                                        token_type_ids=token_type_ids,
                                         deterministic=deterministic))
 
-  def __call__(self, inputs, *, positions=None, segment_ids=None, deterministic: bool = True):
+  def __call__(self, inputs, *, positions=None, segment_ids=None, token_type_ids=None,
+               deterministic: bool = True):
     x = self.encode(inputs, positions=positions, segment_ids=segment_ids,
-                    deterministic=deterministic)
+                    token_type_ids=token_type_ids, deterministic=deterministic)
     out = {'mlm_logits': self._mlm_head(x)}
     if self.config.num_classes:
       out['class_logits'] = self._class_head(x)

@@ -2,6 +2,9 @@
 
     PE(pos, 2i)   = sin(pos / 10000^(2i / d_model))          (paper, section 3.5)
     PE(pos, 2i+1) = cos(pos / 10000^(2i / d_model))
+
+Marian and fairseq keep the same angles in another channel order ('split' layout):
+sin(pos / 10000^(2i / d_model)) in channel i and the cosine in channel d_model/2 + i.
 """
 
 from __future__ import annotations
@@ -14,16 +17,23 @@ from flax import linen as nn
 from jaxtyping import Array, Float, Int
 
 
-def sinusoidal_encoding(length: int, d_model: int, max_wavelength: float = 10_000.0
-                        ) -> Float[Array, "length d_model"]:
-  """The paper's fixed encoding, float32, sines on even and cosines on odd channels."""
+def sinusoidal_encoding(length: int, d_model: int, max_wavelength: float = 10_000.0,
+                        layout: str = 'interleaved') -> Float[Array, "length d_model"]:
+  """The paper's fixed encoding, float32: sines on even and cosines on odd channels
+  ('interleaved'), or sines in the first half and cosines in the second ('split')."""
   # Computed in float64 NumPy so long positions keep their precision, then cast once.
   position = np.arange(length, dtype=np.float64)[:, None]
   two_i = np.arange(0, d_model, 2, dtype=np.float64)[None, :]
   angle = position / np.power(max_wavelength, two_i / d_model)
-  table = np.zeros((length, d_model), dtype=np.float64)
-  table[:, 0::2] = np.sin(angle)
-  table[:, 1::2] = np.cos(angle[:, : d_model // 2])
+  sines, cosines = np.sin(angle), np.cos(angle[:, : d_model // 2])
+  if layout == 'interleaved':
+    table = np.zeros((length, d_model), dtype=np.float64)
+    table[:, 0::2] = sines
+    table[:, 1::2] = cosines
+  elif layout == 'split':
+    table = np.concatenate([sines, cosines], axis=1)
+  else:
+    raise ValueError(f"layout must be 'interleaved' or 'split', not {layout!r}")
   return jnp.asarray(table, dtype=jnp.float32)
 
 

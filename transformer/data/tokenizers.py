@@ -260,6 +260,9 @@ def load_tokenizer(directory: str | os.PathLike) -> CharTokenizer | SentencePiec
     return CharTokenizer(meta['chars'], specials=meta['specials'])
   if meta['type'] == 'sentencepiece':
     return SentencePieceTokenizer(directory / meta['model'])
+  if meta['type'] in ('huggingface', 'marian'):   # imported checkpoints' own tokenizers
+    from transformer.data import pretrained_tokenizers
+    return pretrained_tokenizers.load(directory, meta)
   raise ValueError(f'Unknown tokenizer type {meta["type"]!r} in {meta_path}')
 
 
