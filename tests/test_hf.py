@@ -28,6 +28,7 @@ import transformer as tfm
 from transformer import hf, inference
 from transformer.data import pretrained_tokenizers
 from transformer.data.tokenizers import load_tokenizer
+from tests.conftest import REPO
 from transformer.errors import CheckpointError, ConfigError, MissingFileError, UserError
 
 from tests.helpers import REPO
@@ -428,9 +429,8 @@ def test_imported_marian_translates(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the data pipeline to load data.tokenizer="
-                   "'pretrained' and use the tokenizer's special ids (another branch)")
-def test_imported_run_evaluates(tmp_path):
+@pytest.mark.slow
+def test_imported_run_evaluates_and_fine_tunes(tmp_path):
   corpus = tmp_path / 'corpus.txt'
   corpus.write_text('\n'.join(json.loads((FIXTURES / 'llama' / 'tokenization.json')
                                          .read_text())['texts'] * 3) + '\n')
@@ -443,4 +443,16 @@ def test_imported_run_evaluates(tmp_path):
              '--config', str(config)).returncode == 0
   result = cli('evaluate', '--workdir', str(workdir))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert json.loads(result.stdout[result.stdout.index('{'):])['valid/loss'] > 0
+  before = json.loads(result.stdout[result.stdout.index('{'):])['eval/loss']
+  assert before > 0
+  # Fine-tuning: train.py resumes the imported step 0 with the checkpoint's tokenizer.
+  trained = subprocess.run(
+      [sys.executable, 'train.py', f'--config={workdir / "config.py"}', f'--workdir={workdir}',
+       '--config.train.num_steps=30', '--config.train.eval_every=30',
+       '--config.train.checkpoint_every=30', '--config.optim.learning_rate=3e-3',
+       '--config.optim.warmup_steps=2', '--config.train.num_examples_to_show=0'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert 'resuming from step 0 of 30' in trained.stdout
+  after = cli('evaluate', '--workdir', str(workdir))
+  assert json.loads(after.stdout[after.stdout.index('{'):])['eval/loss'] < before

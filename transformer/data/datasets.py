@@ -125,14 +125,18 @@ def _columns(source, needs: Needs) -> tuple[str, ...]:
   return needs.columns
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
-  if isinstance(tokenizer, SentencePieceTokenizer):
-    payload = tokenizer.model_path.read_bytes()
-  elif isinstance(tokenizer, CharTokenizer):
-    payload = json.dumps([tokenizer.chars, tokenizer.specials]).encode()
-  else:
-    payload = repr(sorted(vars(tokenizer).items(), key=str)).encode()
-  return hashlib.sha256(payload).hexdigest()[:16]
+def _tokenizer_fingerprint(tokenizer, tokenizer_dir: Path) -> str:
+  """What the token store's ids depend on: the saved tokenizer's files (any kind of
+  tokenizer: SentencePiece, characters, a checkpoint's own) and its special ids."""
+  h = hashlib.sha256(repr([getattr(tokenizer, f'{k}_id', None)
+                           for k in ('pad', 'bos', 'eos', 'unk', 'mask')]).encode())
+  files = sorted(p for p in tokenizer_dir.rglob('*') if p.is_file()) if tokenizer_dir.is_dir() else []
+  for path in files:
+    h.update(path.name.encode())
+    h.update(path.read_bytes())
+  if not files:   # not saved (synthetic): its characters
+    h.update(json.dumps([getattr(tokenizer, 'chars', ''), tokenizer.vocab_size]).encode())
+  return h.hexdigest()[:16]
 
 
 def _make_tokenizer(config, source, columns, tokenizer_dir: Path, windows: bool, seed: int):
@@ -238,7 +242,8 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     store = store_lib.in_memory(source, splits, tokenizer, columns)
   else:
     if process_index == 0:
-      key = {'source': source.fingerprint, 'tokenizer': _tokenizer_fingerprint(tokenizer),
+      key = {'source': source.fingerprint,
+             'tokenizer': _tokenizer_fingerprint(tokenizer, tokenizer_dir),
              'columns': list(columns), 'format': store_lib.FORMAT}
       store_lib.open_or_build(source, splits, tokenizer_dir, directory, key=key,
                               num_workers=config.num_workers, columns=columns,

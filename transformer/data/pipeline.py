@@ -95,9 +95,13 @@ class Specials:
 
   @classmethod
   def of(cls, tokenizer) -> Specials:
+    """A vocabulary without a pad id pads with 0 (weights come from segment ids, never
+    from token values); one without a start token starts sequences with its end token
+    (GPT-2's <|endoftext|> is both)."""
     pad = getattr(tokenizer, 'pad_id', PAD_ID)
-    return cls(pad if pad is not None and pad >= 0 else 0,
-               getattr(tokenizer, 'bos_id', None), getattr(tokenizer, 'eos_id', None))
+    eos = getattr(tokenizer, 'eos_id', None)
+    bos = getattr(tokenizer, 'bos_id', None)
+    return cls(pad if pad is not None and pad >= 0 else 0, eos if bos is None else bos, eos)
 
 
 class Examples:
