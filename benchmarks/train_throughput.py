@@ -50,11 +50,14 @@ def random_batch(exp, rows: int, vocab: int, seed: int = 0) -> dict:
   import numpy as np
   needs = exp.task.data_needs(exp.config.data)
   rng = np.random.default_rng(seed)
-  batch = {name: rng.integers(5, vocab, (rows, spec.length)).astype(np.int32)
-           for name, spec in needs.sequences.items()}
+  batch = {}
+  for name, spec in needs.sequences.items():
+    batch[name] = rng.integers(5, vocab, (rows, spec.length)).astype(np.int32)
+    batch[f'{name}_segment_ids'] = np.ones((rows, spec.length), np.int32)   # all real
   if needs.label:
     batch['label'] = rng.integers(0, exp.model_config.num_classes, rows).astype(np.int32)
-  return needs.finalize(batch, packed=False, rng=rng, tokenizer=None)
+  batch = needs.finalize(batch, packed=False, rng=rng, tokenizer=None)
+  return {k: v for k, v in batch.items() if not k.endswith('_segment_ids')}
 
 
 def measure_step(name: str, steps: int) -> dict:

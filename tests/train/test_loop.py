@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,10 +143,12 @@ def test_a_diverging_run_stops_before_a_nonfinite_checkpoint(tmp_path):
   result = train_py(tmp_path / 'run', overrides)
   assert result.returncode == 3, result.stderr[-2000:]
   message = result.stderr.strip().splitlines()[-1]
-  assert message.startswith('stopped: step ') and 'step 10, is finite' in message
+  match = re.match(r'stopped: step (\d+): .* step (\d+), is finite', message)
+  assert match, message
+  stopped, last_good = map(int, match.groups())
   assert 'Traceback' not in result.stderr
   steps = checkpoint_steps(tmp_path / 'run')
-  assert steps[0] == 10
+  assert steps[0] == 10 and steps[-1] == last_good < stopped
   for step in steps:     # every checkpoint written holds finite values
     state = load_run(tmp_path / 'run', step=step).params
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))

@@ -97,7 +97,9 @@ class Specials:
   def of(cls, tokenizer) -> Specials:
     """A vocabulary without a pad id pads with 0 (weights come from segment ids, never
     from token values); one without a start token starts sequences with its end token
-    (GPT-2's <|endoftext|> is both)."""
+    (GPT-2's <|endoftext|> is both). No tokenizer: our own ids."""
+    if tokenizer is None:
+      return cls()
     pad = getattr(tokenizer, 'pad_id', PAD_ID)
     eos = getattr(tokenizer, 'eos_id', None)
     bos = getattr(tokenizer, 'bos_id', None)
