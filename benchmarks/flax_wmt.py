@@ -24,7 +24,7 @@ decode the full length) on 32 sentences of 30 tokens with the multi30k-size mode
 sentences per second. Where the decoders differ: ours projects each source's
 cross-attention keys and values once, the example's at every step.
 
-    python benchmarks/flax_wmt.py --flax ../peers/flax [--steps 10] [--repeats 3]
+    python benchmarks/flax_wmt.py --flax ../peers/flax [--steps 10] [--repeats 3] [--parts train beam]
 """
 
 import argparse
@@ -203,21 +203,25 @@ def main():
   parser.add_argument('--flax', required=True, help='a checkout of google/flax')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--parts', nargs='+', default=['train', 'beam'], choices=['train', 'beam'])
   args = parser.parse_args()
   sys.path.insert(0, f'{args.flax}/examples/wmt')
   import decode as flax_decode   # noqa: E402  (the peer's modules, from its checkout)
   import models as flax_models   # noqa: E402
 
   print(f'backend: {jax.default_backend()}, {jax.device_count()} device(s)')
-  print(f'\n{"train step":<12} {"wmt ms":>9} {"ours ms":>9} {"our speed":>10} '
-        f'{"wmt temp GiB":>13} {"ours temp GiB":>14} {"memory":>7}')
-  for size in SIZES:
-    steps = args.steps if size == 'multi30k' else max(2, args.steps // 3)
-    times, memory = train_steps(flax_models, size, steps, args.repeats)
-    print(f'{size:<12} {1e3 * times["flax"]:>9.1f} {1e3 * times["ours"]:>9.1f} '
-          f'{times["flax"] / times["ours"]:>9.2f}x {memory["flax"] / 2**30:>13.2f} '
-          f'{memory["ours"] / 2**30:>14.2f} {memory["ours"] / memory["flax"]:>6.2f}x',
-          flush=True)
+  if 'train' in args.parts:
+    print(f'\n{"train step":<12} {"wmt ms":>9} {"ours ms":>9} {"our speed":>10} '
+          f'{"wmt temp GiB":>13} {"ours temp GiB":>14} {"memory":>7}')
+    for size in SIZES:
+      steps = args.steps if size == 'multi30k' else max(2, args.steps // 3)
+      times, memory = train_steps(flax_models, size, steps, args.repeats)
+      print(f'{size:<12} {1e3 * times["flax"]:>9.1f} {1e3 * times["ours"]:>9.1f} '
+            f'{times["flax"] / times["ours"]:>9.2f}x {memory["flax"] / 2**30:>13.2f} '
+            f'{memory["ours"] / 2**30:>14.2f} {memory["ours"] / memory["flax"]:>6.2f}x',
+            flush=True)
+  if 'beam' not in args.parts:
+    return
   rates = beam_decoding(flax_models, flax_decode, args.repeats)
   print(f'\nbeam 4, 32 sentences x (30 + 50) tokens, multi30k size: wmt '
         f'{rates["flax"]:.2f} sentences/s, ours {rates["ours"]:.2f} sentences/s '

@@ -236,7 +236,8 @@ class MultiHeadAttention(nn.Module):
   smaller than `num_heads` it is grouped-query (or multi-query) attention. With `rope=True`
   queries and keys are rotated by their positions (RoPE).
 
-  Decoding: pass `cache={'key': [B, S_max, K, H], 'value': ...}` and `cache_index` (where
+  Decoding: pass `cache={'key': [B, K, H, S_max], 'value': [B, K, S_max, H]}` (as
+  `init_cache` makes it) and `cache_index` (where
   the new tokens go); the new keys and values are written there and the updated cache is
   returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
   The mask must then cover all S_max cache slots. For cross-attention, the keys and values
@@ -316,13 +317,20 @@ class MultiHeadAttention(nn.Module):
         raise ValueError('the KV cache is for self-attention')
       index = jnp.asarray(cache_index, jnp.int32)
       zero = jnp.zeros((), jnp.int32)
-      start = (zero, index, zero, zero)
+      # Head-major layouts (keys [B, K, H, S], values [B, K, S, H]) are the ones the two
+      # attention products read without a transpose: read as [B, S, K, H], XLA folds the
+      # transposes into the products, where a [B, S, K, H] cache costs a copy of the whole
+      # cache per layer and step (a third of a beam-search step on CPU).
       cache = {
-          'key': jax.lax.dynamic_update_slice(cache['key'], key.astype(cache['key'].dtype), start),
-          'value': jax.lax.dynamic_update_slice(cache['value'], value.astype(cache['value'].dtype),
-                                                start),
+          'key': jax.lax.dynamic_update_slice(
+              cache['key'], key.transpose(0, 2, 3, 1).astype(cache['key'].dtype),
+              (zero, zero, zero, index)),
+          'value': jax.lax.dynamic_update_slice(
+              cache['value'], value.transpose(0, 2, 1, 3).astype(cache['value'].dtype),
+              (zero, zero, index, zero)),
       }
-      key, value = cache['key'].astype(self.dtype), cache['value'].astype(self.dtype)
+      key = cache['key'].transpose(0, 3, 1, 2).astype(self.dtype)       # [B, S, K, H]
+      value = cache['value'].transpose(0, 2, 1, 3).astype(self.dtype)   # [B, S, K, H]
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

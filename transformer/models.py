@@ -67,9 +67,11 @@ def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length
   """An empty decoding cache: per-layer keys and values, which slots hold real tokens,
   and the next slot to write."""
   k = config.num_kv_heads or config.num_heads
+  h = config.resolved_head_dim
   dtype = config.compute_dtype if dtype is None else dtype
-  shape = (batch_size, max_length, k, config.resolved_head_dim)
-  layer = lambda: {'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype)}
+  # Head-major: the layouts the attention products read in place (see MultiHeadAttention).
+  layer = lambda: {'key': jnp.zeros((batch_size, k, h, max_length), dtype),
+                   'value': jnp.zeros((batch_size, k, max_length, h), dtype)}
   return {
       'index': jnp.zeros((), jnp.int32),
       'valid': jnp.zeros((batch_size, max_length), jnp.bool_),
