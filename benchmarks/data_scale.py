@@ -120,20 +120,10 @@ def train(corpus: pathlib.Path, workdir: pathlib.Path, steps: int) -> dict:
 def packing(workdir: pathlib.Path, corpus: pathlib.Path, batches: int = 300) -> float:
   """Target tokens/s of packed training batches read from the (existing) store."""
   sys.path.insert(0, str(REPO))
-  from benchmarks.train_throughput import load_config
-  from transformer.data import get_datasets
-  from transformer.tasks import get_task
+  from benchmarks.train_throughput import load_config, packed_tokens_per_sec
   config = load_config('multi30k_ende')
   config.data.path = str(corpus)
-  ds = get_datasets(config.data, get_task('translation').data_needs(config.data),
-                    workdir=workdir, global_batch_size=config.train.batch_size, seed=0,
-                    process_index=0, process_count=1)
-  iterator = ds.train_iter()
-  next(iterator)
-  start, tokens = time.perf_counter(), 0.0
-  for _ in range(batches):
-    tokens += float(next(iterator)['weights'].sum())
-  return tokens / (time.perf_counter() - start)
+  return packed_tokens_per_sec(config, workdir, batches)
 
 
 def step_demand() -> float:

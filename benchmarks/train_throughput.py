@@ -88,25 +88,31 @@ def measure_step(name: str, steps: int) -> dict:
           'peak_gflops': peak / 1e9}
 
 
-def pipeline_tokens_per_sec(batches: int = 100) -> float | None:
-  """Target tokens/s of Multi30k's packed training batches (configs/multi30k_ende.py)."""
+def packed_tokens_per_sec(train_config, workdir, batches: int = 100) -> float:
+  """Target tokens/s of `train_config`'s packed training batches (its data block; the
+  token store goes under `workdir`, or is opened there)."""
   from transformer.data import get_datasets
   from transformer.tasks import get_task
-  train_config = load_config('multi30k_ende')
   config = train_config.data
-  config.path = str(REPO.parent / 'shared' / 'data' / 'multi30k')
-  if not pathlib.Path(config.path).is_dir():
+  ds = get_datasets(config, get_task(train_config.task).data_needs(config), workdir=workdir,
+                    global_batch_size=train_config.train.batch_size, seed=0,
+                    process_index=0, process_count=1)
+  iterator = ds.train_iter()
+  next(iterator)
+  start, tokens = time.perf_counter(), 0.0
+  for _ in range(batches):
+    tokens += float(next(iterator)['weights'].sum())
+  return tokens / (time.perf_counter() - start)
+
+
+def pipeline_tokens_per_sec(batches: int = 100) -> float | None:
+  """Target tokens/s of Multi30k's packed training batches (configs/multi30k_ende.py)."""
+  train_config = load_config('multi30k_ende')
+  train_config.data.path = str(REPO.parent / 'shared' / 'data' / 'multi30k')
+  if not pathlib.Path(train_config.data.path).is_dir():
     return None
   with tempfile.TemporaryDirectory() as workdir:
-    ds = get_datasets(config, get_task(train_config.task).data_needs(config), workdir=workdir,
-                      global_batch_size=train_config.train.batch_size, seed=0,
-                      process_index=0, process_count=1)
-    iterator = ds.train_iter()
-    next(iterator)
-    start, tokens = time.perf_counter(), 0.0
-    for _ in range(batches):
-      tokens += float(next(iterator)['weights'].sum())
-    return tokens / (time.perf_counter() - start)
+    return packed_tokens_per_sec(train_config, workdir, batches)
 
 
 def main():

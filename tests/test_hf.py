@@ -28,7 +28,6 @@ import transformer as tfm
 from transformer import hf, inference
 from transformer.data import pretrained_tokenizers
 from transformer.data.tokenizers import load_tokenizer
-from tests.conftest import REPO
 from transformer.errors import CheckpointError, ConfigError, MissingFileError, UserError
 
 from tests.helpers import REPO

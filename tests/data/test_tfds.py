@@ -62,7 +62,7 @@ def test_tfds_mock_lm1b_packed_sentences(tmp_path):
 
 
 def test_tfds_mock_glue_sst2_classification(tmp_path):
-  import tensorflow_datasets.text.glue  # registers glue without TensorFlow
+  import tensorflow_datasets.text.glue  # noqa: F401  (registers glue without TensorFlow)
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = task_datasets(tfds_config('glue/sst2'), 'classification', workdir=tmp_path,
                        global_batch_size=4, seed=0, process_index=0, process_count=1)
