@@ -66,7 +66,7 @@ def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length
                dtype: Any = None) -> Cache:
   """An empty decoding cache: per-layer keys and values, which slots hold real tokens,
   and the next slot to write."""
-  k = config.num_kv_heads or config.num_heads
+  k = config.resolved_num_kv_heads
   h = config.resolved_head_dim
   dtype = config.compute_dtype if dtype is None else dtype
   # Head-major: the layouts the attention products read in place (see MultiHeadAttention).

@@ -46,7 +46,7 @@ def _attention_layer_flops(cfg: ModelConfig, key_length: int, self_attention: bo
                            ) -> float:
   """Forward matmul FLOPs per query token of one attention block: the projections
   (2 per weight) and the scores and weighted sums over `key_length` keys."""
-  n, k, h, d = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, cfg.resolved_head_dim, cfg.d_model
+  n, k, h, d = cfg.num_heads, cfg.resolved_num_kv_heads, cfg.resolved_head_dim, cfg.d_model
   # Cross-attention keys/values are projected once per source token, not per query;
   # callers count those with the encoder.
   projections = 2 * d * h * (2 * n + (2 * k if self_attention else 0))
@@ -153,7 +153,7 @@ class Translation(Task):
     decoder_layer = (_attention_layer_flops(cfg, target)
                      + _attention_layer_flops(cfg, source, self_attention=False)
                      + _feed_forward_flops(cfg))
-    k, h, d = cfg.num_kv_heads or cfg.num_heads, cfg.resolved_head_dim, cfg.d_model
+    k, h, d = cfg.resolved_num_kv_heads, cfg.resolved_head_dim, cfg.d_model
     cross_key_values = 2 * d * 2 * k * h * cfg.resolved_num_decoder_layers
     # Per target token: the source side's work is spread over the target tokens.
     per_source_token = cfg.num_layers * encoder_layer + cross_key_values

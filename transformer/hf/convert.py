@@ -280,7 +280,7 @@ def attention(names: dict[str, str], where: Path, cfg, *, qkv_bias: bool, out_bi
   """Separate `nn.Linear` query, key, value and output projections (BERT, Llama, Marian)
   that are our `MultiHeadAttention`'s [D, N, H] / [N, H, D] kernels."""
   d, n, h = cfg.d_model, cfg.num_heads, cfg.resolved_head_dim
-  k = cfg.num_kv_heads or n
+  k = cfg.resolved_num_kv_heads
   out = []
   for role, heads in (('query', n), ('key', k), ('value', k)):
     out.append(linear(f'{names[role]}.weight', where + (role, 'kernel'), (d,), (heads, h)))
