@@ -11,13 +11,20 @@ Both are timed as a user runs them: the wall clock of a fresh process, from star
     data its `data/shakespeare_char/prepare.py` makes from ../shared/data's input.txt
     (copied into a scratch copy of the checkout, so its download step is skipped). It
     needs PyTorch: `--torch_python` names an interpreter that has it. Its validation loss
-    is its own estimate at iteration 2000 (20 random batches).
-  - ours: `python train.py --config configs/shakespeare_char.py` into an empty workdir,
-    first with an empty compilation cache ("cold"), then again with the cache that run
-    filled ("warm"). Its validation loss is the mean over every character of the last 10%.
+    is its own estimate at the last iteration (20 random batches).
+  - ours: `python train.py --config configs/shakespeare_char.py` (the same settings) into
+    an empty workdir, first with an empty compilation cache ("cold"), then again with the
+    cache that run filled ("warm"). Its validation loss is the mean over every character
+    of the last 10%.
+  - the fast recipe, `configs/shakespeare_char_fast.py` (the same model and batch, peak
+    learning rate 3e-3 after 50 warmup steps, 1200 steps), run by both: nanoGPT with the
+    same flags changed (`--learning_rate=3e-3 --warmup_iters=50 --max_iters=1200
+    --lr_decay_iters=1200 --eval_interval=200`, so that it evaluates at 1200), ours cold
+    and warm. Each time is given against nanoGPT's README run and against nanoGPT
+    running the same recipe.
 
-The three alternate, `--repeats` times, so that all see the same machine; the table gives
-medians and our time as a fraction of nanoGPT's.
+Each group alternates its runs, `--repeats` times, so that all see the same machine; the
+table gives medians.
 
     python benchmarks/nanogpt_run.py --nanogpt ../peers/nanoGPT --torch_python PYTHON
 """
@@ -51,23 +58,29 @@ def prepare_nanogpt(checkout: pathlib.Path, scratch: pathlib.Path, python: str) 
   return target
 
 
-def run_nanogpt(copy: pathlib.Path, python: str) -> tuple[float, float]:
+# The fast recipe (configs/shakespeare_char_fast.py) in nanoGPT's flags; later flags win.
+FAST_RECIPE_FLAGS = ['--learning_rate=3e-3', '--warmup_iters=50', '--max_iters=1200',
+                     '--lr_decay_iters=1200', '--eval_interval=200']
+
+
+def run_nanogpt(copy: pathlib.Path, python: str, extra_flags=()) -> tuple[float, float]:
   with tempfile.TemporaryDirectory() as out_dir:
     start = time.perf_counter()
     out = subprocess.run([python, 'train.py', 'config/train_shakespeare_char.py',
-                          *NANOGPT_CPU_FLAGS, f'--out_dir={out_dir}'], cwd=copy,
+                          *NANOGPT_CPU_FLAGS, *extra_flags, f'--out_dir={out_dir}'], cwd=copy,
                          capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
-  val = float(re.findall(r'step 2000: train loss [0-9.]+, val loss ([0-9.]+)', out.stdout)[-1])
+  # Its estimate at the last evaluation, which is the last iteration.
+  val = float(re.findall(r'step \d+: train loss [0-9.]+, val loss ([0-9.]+)', out.stdout)[-1])
   return wall, val
 
 
-def run_ours(cache: str) -> tuple[float, float]:
+def run_ours(config: str, cache: str) -> tuple[float, float]:
   env = {k: v for k, v in os.environ.items()
          if k not in ('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR')}
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, 'train.py', '--config', 'configs/shakespeare_char.py',
+    out = subprocess.run([sys.executable, 'train.py', '--config', f'configs/{config}.py',
                           '--workdir', workdir, f'--compilation_cache={cache}'], cwd=REPO,
                          env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
@@ -79,30 +92,47 @@ def main():
   parser.add_argument('--nanogpt', required=True, help="a checkout of karpathy/nanoGPT")
   parser.add_argument('--torch_python', default=sys.executable,
                       help='a Python with PyTorch for nanoGPT (default: this one)')
-  parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=1)
+  parser.add_argument('--recipes', nargs='+', choices=('readme', 'fast'),
+                      default=['readme', 'fast'],
+                      help="ours on nanoGPT's README settings and/or the fast recipe "
+                      "(nanoGPT's README run is always the reference)")
   args = parser.parse_args()
   if not TEXT.is_file():
     sys.exit(f'{TEXT} is missing')
-  names = ('nanoGPT train.py (PyTorch, CPU)', 'ours, cold (empty compilation cache)',
-           'ours, warm (compilation cache)')
-  runs = {name: [] for name in names}
+  readme, same_recipe = 'nanoGPT train.py, README settings', 'nanoGPT train.py, fast recipe'
+  groups = {   # name -> (recipe, run(nanoGPT copy, cache), nanoGPT's run of the same recipe)
+      readme: ('reference', lambda copy, cache: run_nanogpt(copy, args.torch_python), readme),
+      'ours, shakespeare_char.py, cold': (
+          'readme', lambda copy, cache: run_ours('shakespeare_char', cache), readme),
+      'ours, shakespeare_char.py, warm': (
+          'readme', lambda copy, cache: run_ours('shakespeare_char', cache), readme),
+      same_recipe: ('fast', lambda copy, cache: run_nanogpt(copy, args.torch_python,
+                                                            FAST_RECIPE_FLAGS), same_recipe),
+      'ours, shakespeare_char_fast.py, cold': (
+          'fast', lambda copy, cache: run_ours('shakespeare_char_fast', cache), same_recipe),
+      'ours, shakespeare_char_fast.py, warm': (
+          'fast', lambda copy, cache: run_ours('shakespeare_char_fast', cache), same_recipe),
+  }
+  groups = {k: v for k, v in groups.items() if v[0] in ('reference', *args.recipes)}
+  runs = {name: [] for name in groups}
   with tempfile.TemporaryDirectory() as scratch:
     copy = prepare_nanogpt(pathlib.Path(args.nanogpt), pathlib.Path(scratch), args.torch_python)
     for _ in range(args.repeats):
-      with tempfile.TemporaryDirectory() as cache:
-        for name, run in zip(names, (lambda: run_nanogpt(copy, args.torch_python),
-                                     lambda: run_ours(cache), lambda: run_ours(cache))):
-          runs[name].append(run())
-          print(f'{name}: {runs[name][-1][0]:.1f} s, val loss {runs[name][-1][1]:.3f}',
-                flush=True)
+      caches = {}   # one empty cache per config: its cold run fills it, its warm run reads it
+      for name, (_, run, _) in groups.items():
+        cache = caches.setdefault(name.split(',')[1], tempfile.mkdtemp(dir=scratch))
+        runs[name].append(run(copy, cache))
+        print(f'{name}: {runs[name][-1][0]:.1f} s, val loss {runs[name][-1][1]:.3f}',
+              flush=True)
   medians = {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
-  reference = medians[names[0]]
-  print(f'\n{"Tiny Shakespeare, 2000 iterations":<38} {"wall s (median)":>16} {"runs":>12} '
-        f'{"val loss":>9} {"time vs nanoGPT":>16}')
+  print(f'\n{"Tiny Shakespeare, whole run":<38} {"wall s":>8} {"runs":>10} {"val loss":>9} '
+        f'{"vs nanoGPT README":>18} {"vs nanoGPT same recipe":>23}')
   for name, r in runs.items():
     walls = '/'.join(f'{w:.0f}' for w, _ in r)
-    print(f'{name:<38} {medians[name]:>16.1f} {walls:>12} {r[-1][1]:>9.3f} '
-          f'{medians[name] / reference:>15.2f}x')
+    print(f'{name:<38} {medians[name]:>8.1f} {walls:>10} {r[-1][1]:>9.3f} '
+          f'{medians[name] / medians[readme]:>17.2f}x '
+          f'{medians[name] / medians[groups[name][2]]:>22.2f}x')
 
 
 if __name__ == '__main__':
