@@ -179,5 +179,6 @@ def main():
           f'{second["peak_gib"]:>9.2f} {second["private_gib"]:>8.2f} {rate:>13,.0f} '
           f'{rate / (demand / cores):>14,.0f}')
 
+
 if __name__ == '__main__':
   main()

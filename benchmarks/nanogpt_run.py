@@ -30,6 +30,7 @@ table gives medians.
 """
 
 import argparse
+import collections
 import os
 import pathlib
 import re
@@ -58,9 +59,13 @@ def prepare_nanogpt(checkout: pathlib.Path, scratch: pathlib.Path, python: str) 
   return target
 
 
-# The fast recipe (configs/shakespeare_char_fast.py) in nanoGPT's flags; later flags win.
-FAST_RECIPE_FLAGS = ['--learning_rate=3e-3', '--warmup_iters=50', '--max_iters=1200',
-                     '--lr_decay_iters=1200', '--eval_interval=200']
+# recipe -> (our config, nanoGPT's flags on top of its README settings; later flags win).
+RECIPES = {
+    'readme': ('shakespeare_char', []),
+    'fast': ('shakespeare_char_fast', ['--learning_rate=3e-3', '--warmup_iters=50',
+                                       '--max_iters=1200', '--lr_decay_iters=1200',
+                                       '--eval_interval=200']),
+}
 
 
 def run_nanogpt(copy: pathlib.Path, python: str, extra_flags=()) -> tuple[float, float]:
@@ -93,46 +98,44 @@ def main():
   parser.add_argument('--torch_python', default=sys.executable,
                       help='a Python with PyTorch for nanoGPT (default: this one)')
   parser.add_argument('--repeats', type=int, default=1)
-  parser.add_argument('--recipes', nargs='+', choices=('readme', 'fast'),
+  parser.add_argument('--recipes', nargs='+', choices=tuple(RECIPES),
                       default=['readme', 'fast'],
                       help="ours on nanoGPT's README settings and/or the fast recipe "
                       "(nanoGPT's README run is always the reference)")
   args = parser.parse_args()
   if not TEXT.is_file():
     sys.exit(f'{TEXT} is missing')
-  readme, same_recipe = 'nanoGPT train.py, README settings', 'nanoGPT train.py, fast recipe'
-  groups = {   # name -> (recipe, run(nanoGPT copy, cache), nanoGPT's run of the same recipe)
-      readme: ('reference', lambda copy, cache: run_nanogpt(copy, args.torch_python), readme),
-      'ours, shakespeare_char.py, cold': (
-          'readme', lambda copy, cache: run_ours('shakespeare_char', cache), readme),
-      'ours, shakespeare_char.py, warm': (
-          'readme', lambda copy, cache: run_ours('shakespeare_char', cache), readme),
-      same_recipe: ('fast', lambda copy, cache: run_nanogpt(copy, args.torch_python,
-                                                            FAST_RECIPE_FLAGS), same_recipe),
-      'ours, shakespeare_char_fast.py, cold': (
-          'fast', lambda copy, cache: run_ours('shakespeare_char_fast', cache), same_recipe),
-      'ours, shakespeare_char_fast.py, warm': (
-          'fast', lambda copy, cache: run_ours('shakespeare_char_fast', cache), same_recipe),
-  }
-  groups = {k: v for k, v in groups.items() if v[0] in ('reference', *args.recipes)}
-  runs = {name: [] for name in groups}
+  reference = 'nanoGPT train.py, README settings'
+  runs = collections.defaultdict(list)   # row -> [(wall, val loss)] in run order
+  peer_of = {reference: reference}         # row -> nanoGPT's row of the same recipe
+
+  def record(name, result):
+    runs[name].append(result)
+    print(f'{name}: {result[0]:.1f} s, val loss {result[1]:.3f}', flush=True)
+
   with tempfile.TemporaryDirectory() as scratch:
     copy = prepare_nanogpt(pathlib.Path(args.nanogpt), pathlib.Path(scratch), args.torch_python)
     for _ in range(args.repeats):
-      caches = {}   # one empty cache per config: its cold run fills it, its warm run reads it
-      for name, (_, run, _) in groups.items():
-        cache = caches.setdefault(name.split(',')[1], tempfile.mkdtemp(dir=scratch))
-        runs[name].append(run(copy, cache))
-        print(f'{name}: {runs[name][-1][0]:.1f} s, val loss {runs[name][-1][1]:.3f}',
-              flush=True)
+      record(reference, run_nanogpt(copy, args.torch_python))
+      for recipe in args.recipes:
+        config, flags = RECIPES[recipe]
+        peer = f'nanoGPT train.py, {recipe} recipe' if flags else reference
+        if flags:
+          record(peer, run_nanogpt(copy, args.torch_python, flags))
+          peer_of[peer] = peer
+        cache = tempfile.mkdtemp(dir=scratch)   # the cold run fills it, the warm run reads it
+        for when in ('cold', 'warm'):
+          name = f'ours, {config}.py, {when}'
+          record(name, run_ours(config, cache))
+          peer_of[name] = peer
   medians = {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
   print(f'\n{"Tiny Shakespeare, whole run":<38} {"wall s":>8} {"runs":>10} {"val loss":>9} '
         f'{"vs nanoGPT README":>18} {"vs nanoGPT same recipe":>23}')
   for name, r in runs.items():
     walls = '/'.join(f'{w:.0f}' for w, _ in r)
     print(f'{name:<38} {medians[name]:>8.1f} {walls:>10} {r[-1][1]:>9.3f} '
-          f'{medians[name] / medians[readme]:>17.2f}x '
-          f'{medians[name] / medians[groups[name][2]]:>22.2f}x')
+          f'{medians[name] / medians[reference]:>17.2f}x '
+          f'{medians[name] / medians[peer_of[name]]:>22.2f}x')
 
 
 if __name__ == '__main__':
