@@ -159,6 +159,34 @@ def test_bad_shapes_are_rejected():
     attn.dot_product_attention(q, k, v)
 
 
+@pytest.mark.parametrize('num_kv_heads', [4, 2])
+def test_beam_slot_attention_reads_each_beams_history_from_its_slots(num_kv_heads):
+  """Equal to attention over the keys and values gathered from the rows the slots name
+  (the float64 reference), for grouped heads, several queries and masked positions."""
+  b, w, t, s, n, h = 2, 3, 2, 6, 4, 8
+  query, key, value = random_qkv(5, b=b * w, t=t, s=s, n=n, k=num_kv_heads, h=h)
+  slots = jax.random.randint(jax.random.PRNGKey(6), (b, w, s), 0, w)
+  mask = jax.random.bernoulli(jax.random.PRNGKey(7), 0.7, (b * w, 1, t, s))
+  mask = mask.at[0, 0, 0].set(False)  # a fully masked query: zeros
+  rows = (jnp.arange(b)[:, None, None] * w + slots).reshape(b * w, s)  # [B*W, S]
+  gathered_key = key[rows, jnp.arange(s)]     # [B*W, S, K, H]
+  gathered_value = value[rows, jnp.arange(s)]
+  cache = attn.to_cache_layout({'key': key, 'value': value})
+  out = attn.beam_slot_attention(query, cache['key'], cache['value'], slots, mask)
+  expected = reference_attention(query, gathered_key, gathered_value, mask)
+  assert relative_error(out, expected) < 1e-5
+  assert not np.asarray(out)[0, 0].any()
+  with pytest.raises(ValueError, match='beam_slots'):
+    attn.beam_slot_attention(query, cache['key'], cache['value'], slots[:, :2], mask)
+
+
+def test_cache_layout_round_trips():
+  _, key, value = random_qkv(8)
+  back = attn.from_cache_layout(attn.to_cache_layout({'key': key, 'value': value}))
+  np.testing.assert_array_equal(back['key'], key)
+  np.testing.assert_array_equal(back['value'], value)
+
+
 # ---------------------------------------------------------------------------------------
 # The fused path (jax.nn.dot_product_attention) with our masks, through the models.
 # ---------------------------------------------------------------------------------------
@@ -255,3 +283,4 @@ def test_auto_uses_the_einsum_path_off_gpus():
                                      causal=True)
   np.testing.assert_array_equal(attn.dot_product_attention(q, q, q, mask, implementation='auto'),
                                 attn.dot_product_attention(q, q, q, mask))
+

@@ -96,6 +96,23 @@ def padding_attention_mask(query_valid: Bool[Array, "B T"], key_valid: Bool[Arra
       key_lengths=key_valid.sum(-1).astype(jnp.int32), is_causal=causal, structured=True)
 
 
+# The KV cache's head-major layouts, keys [B, K, H, S] and values [B, K, S, H], are the ones
+# the two attention products read without a transpose: read through `from_cache_layout`,
+# XLA folds the transposes into the products, where a [B, S, K, H] cache costs a copy of
+# the whole cache per layer and decoding step (a third of a beam-search step on CPU).
+
+def to_cache_layout(key_value: dict[str, Array]) -> dict[str, Array]:
+  """{'key', 'value'} [B, S, K, H] -> keys [B, K, H, S], values [B, K, S, H]."""
+  return {'key': key_value['key'].transpose(0, 2, 3, 1),
+          'value': key_value['value'].transpose(0, 2, 1, 3)}
+
+
+def from_cache_layout(cache: dict[str, Array]) -> dict[str, Array]:
+  """Keys [B, K, H, S] and values [B, K, S, H] -> {'key', 'value'} [B, S, K, H]."""
+  return {'key': cache['key'].transpose(0, 3, 1, 2),
+          'value': cache['value'].transpose(0, 2, 1, 3)}
+
+
 def _check_shapes(query: Array, key: Array, value: Array) -> None:
   if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
     raise ValueError('query, key and value must be [B, T, N, H] / [B, S, K, H]; got '
@@ -163,12 +180,7 @@ def dot_product_attention(
   logits = jnp.einsum('BTKGH,BSKH->BKGTS', grouped_query, key,
                       preferred_element_type=jnp.float32)
   logits = logits.reshape(b, n, t, -1).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1)
-  if mask is not None:
-    # A fully masked row has uniform weights after the softmax; make it attend to nothing.
-    weights = jnp.where(mask, weights, 0.0)
+  weights = _masked_softmax(logits, mask)
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError('dropout_rng is required for attention dropout')
@@ -178,6 +190,69 @@ def dot_product_attention(
   out = jnp.einsum('BKGTS,BSKH->BTKGH', grouped_weights, value).reshape(b, t, n, h)
   out = out.astype(query.dtype)
   return (out, weights) if return_weights else out
+
+
+def _masked_softmax(logits: Float[Array, "B N T S"], mask: Bool[Array, "#B #N #T #S"] | None
+                    ) -> Float[Array, "B N T S"]:
+  if mask is None:
+    return jax.nn.softmax(logits, axis=-1)
+  weights = jax.nn.softmax(jnp.where(mask, logits, _MASKED_LOGIT), axis=-1)
+  # A fully masked row has uniform weights after the softmax; make it attend to nothing.
+  return jnp.where(mask, weights, 0.0)
+
+
+def beam_slot_attention(
+    query: Float[Array, "B*W T N H"],
+    key_cache: Float[Array, "B*W K H S"],
+    value_cache: Float[Array, "B*W K S H"],
+    beam_slots: Int[Array, "B W S"],
+    mask: Bool[Array, "#B*W #N #T #S"] | None = None,
+) -> Float[Array, "B*W T N H"]:
+  """Attention for beam search over a KV cache that never moves (no dropout).
+
+  Rows are beams: row b * W + w is beam w of batch row b. The caches are in the
+  head-major layouts of `MultiHeadAttention`'s cache (keys [B*W, K, H, S], values
+  [B*W, K, S, H]); position s of a row holds what that row's beam wrote at step s, and
+  beam w of row b reads its position s from beam row `beam_slots[b, w, s]` (the beam its
+  hypothesis went through at step s).
+
+  The result is `dot_product_attention` with each beam's keys and values gathered from
+  those rows, but nothing is gathered: each query is scored against all W rows of its
+  batch row and keeps its slot's score, and its weights are spread back over the W rows
+  to read the values. That is W times the products of a plain step, which for decoding's
+  one query per beam costs less than moving the whole cache after every step.
+  """
+  b, w, s = beam_slots.shape
+  rows, t, n, h = query.shape
+  k = key_cache.shape[1]
+  if (rows != b * w or key_cache.shape != (rows, k, h, s)
+      or value_cache.shape != (rows, k, s, h) or n % k):
+    raise ValueError(f'beam_slots {beam_slots.shape} does not fit query {query.shape}, '
+                     f'key cache {key_cache.shape} and value cache {value_cache.shape} '
+                     '(rows b * W + w, S cache positions, K dividing N)')
+  groups = n // k
+  # The products batch over (B, R, K), R the beam row a key or value is read from, so
+  # that each row's [H, S] keys and [S, H] values are read where they lie; the query is
+  # small, so it is the one copied to every beam row. X = (W, G, T): the queries of a
+  # batch row's beams and of a key head's group.
+  grouped_query = query.reshape(b, w, t, k, groups, h).transpose(0, 3, 1, 4, 2, 5)
+  grouped_query = jnp.broadcast_to(grouped_query.reshape(b, 1, k, w * groups * t, h),
+                                   (b, w, k, w * groups * t, h)).reshape(rows, k, -1, h)
+  logits = jnp.einsum('RKXH,RKHS->RKXS', grouped_query, key_cache,
+                      preferred_element_type=jnp.float32).reshape(b, w, k, w, groups, t, s)
+  # pick[b, r, 0, w, 0, 0, s]: beam w reads position s from beam row r.
+  pick = (beam_slots[:, None, None, :, None, None, :]
+          == jnp.arange(w)[None, :, None, None, None, None, None])
+  logits = jnp.where(pick, logits, 0.0).sum(axis=1)  # [B, K, W, G, T, S]
+  logits = logits.transpose(0, 2, 1, 3, 4, 5).reshape(rows, n, t, s)
+  logits = logits / jnp.sqrt(h).astype(jnp.float32)
+  weights = _masked_softmax(logits, mask).reshape(b, w, k, groups, t, s)
+  weights = weights.transpose(0, 2, 1, 3, 4, 5)[:, None]  # [B, 1, K, W, G, T, S]
+  spread = jnp.where(pick, weights, 0.0).astype(value_cache.dtype)  # [B, R, K, W, G, T, S]
+  out = jnp.einsum('RKXS,RKSH->RKXH', spread.reshape(rows, k, -1, s), value_cache)
+  out = out.reshape(b, w, k, -1, h).sum(axis=1)  # [B, K, X, H]
+  out = out.reshape(b, k, w, groups, t, h).transpose(0, 2, 4, 1, 3, 5)  # [B, W, T, K, G, H]
+  return out.reshape(rows, t, n, h).astype(query.dtype)
 
 
 def _library_attention(query, key, value, mask, structure, implementation, *, dropout_rate,
@@ -240,9 +315,12 @@ class MultiHeadAttention(nn.Module):
   `init_cache` makes it) and `cache_index` (where
   the new tokens go); the new keys and values are written there and the updated cache is
   returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
-  The mask must then cover all S_max cache slots. For cross-attention, the keys and values
-  of a fixed memory can be computed once with `project_key_value(memory)` and passed as
-  `key_value=` on every step. To look at the attention weights, apply with
+  The mask must then cover all S_max cache slots. Beam search may also pass `beam_slots`
+  [B, W, S_max]: the cache rows are then beams whose keys and values stay where they were
+  written, and each beam reads its history through its slots (`beam_slot_attention`).
+  For cross-attention, the keys and values of a fixed memory can be computed once with
+  `project_memory(memory)` (in the cache's layouts) and passed as `memory=` on every
+  step. To look at the attention weights, apply with
   `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
   """
   num_heads: int
@@ -284,6 +362,12 @@ class MultiHeadAttention(nn.Module):
       key = positional.apply_rope(key, positions_kv, self.rope_max_wavelength)
     return {'key': key, 'value': self.value(inputs_kv)}
 
+  def project_memory(self, memory: Float[Array, "B S D"]) -> dict[str, Array]:
+    """Keys [B, K, H, S] and values [B, K, S, H] of a fixed memory (the encoder output),
+    for `memory=`: in the cache's head-major layouts, which the attention products read
+    in place (read as [B, S, K, H], a decoding loop re-transposes them at every step)."""
+    return to_cache_layout(self.project_key_value(memory))
+
   @nn.compact
   def __call__(self,
                inputs_q: Float[Array, "B T D"],
@@ -292,24 +376,26 @@ class MultiHeadAttention(nn.Module):
                *,
                positions_q: Int[Array, "B T"] | None = None,
                positions_kv: Int[Array, "B S"] | None = None,
-               key_value: dict[str, Array] | None = None,
+               memory: dict[str, Array] | None = None,
                cache: dict[str, Array] | None = None,
                cache_index: Int[Array, ""] | None = None,
+               beam_slots: Int[Array, "B W S"] | None = None,
                deterministic: bool = True,
                fused: bool = True):
     """`fused=False` runs the einsum path whatever `implementation` says (decoding steps,
     and masks a fused kernel cannot take)."""
-    self_attention = inputs_kv is None and key_value is None
+    self_attention = inputs_kv is None and memory is None
     query = self.query(inputs_q)
     if self.rope:
       if positions_q is None:
         raise ValueError('rope=True needs positions_q')
       query = positional.apply_rope(query, positions_q, self.rope_max_wavelength)
-    if key_value is None:
-      if self_attention:
-        key_value = self.project_key_value(inputs_q, positions_q)
-      else:
-        key_value = self.project_key_value(inputs_kv, positions_kv)
+    if memory is not None:
+      key_value = from_cache_layout(memory)
+    elif self_attention:
+      key_value = self.project_key_value(inputs_q, positions_q)
+    else:
+      key_value = self.project_key_value(inputs_kv, positions_kv)
     key, value = key_value['key'], key_value['value']
 
     if cache is not None:
@@ -317,20 +403,18 @@ class MultiHeadAttention(nn.Module):
         raise ValueError('the KV cache is for self-attention')
       index = jnp.asarray(cache_index, jnp.int32)
       zero = jnp.zeros((), jnp.int32)
-      # Head-major layouts (keys [B, K, H, S], values [B, K, S, H]) are the ones the two
-      # attention products read without a transpose: read as [B, S, K, H], XLA folds the
-      # transposes into the products, where a [B, S, K, H] cache costs a copy of the whole
-      # cache per layer and step (a third of a beam-search step on CPU).
+      new = to_cache_layout({'key': key, 'value': value})
       cache = {
           'key': jax.lax.dynamic_update_slice(
-              cache['key'], key.transpose(0, 2, 3, 1).astype(cache['key'].dtype),
-              (zero, zero, zero, index)),
+              cache['key'], new['key'].astype(cache['key'].dtype), (zero, zero, zero, index)),
           'value': jax.lax.dynamic_update_slice(
-              cache['value'], value.transpose(0, 2, 1, 3).astype(cache['value'].dtype),
+              cache['value'], new['value'].astype(cache['value'].dtype),
               (zero, zero, index, zero)),
       }
-      key = cache['key'].transpose(0, 3, 1, 2).astype(self.dtype)       # [B, S, K, H]
-      value = cache['value'].transpose(0, 2, 1, 3).astype(self.dtype)   # [B, S, K, H]
+      if beam_slots is None:
+        key_value = from_cache_layout(cache)
+        key = key_value['key'].astype(self.dtype)
+        value = key_value['value'].astype(self.dtype)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
@@ -340,10 +424,18 @@ class MultiHeadAttention(nn.Module):
     if implementation == 'auto' and jax.default_backend() != 'gpu':
       implementation = None
     # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
-    record = self.is_mutable_collection('intermediates') and implementation is None
-    out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                dropout_rng=dropout_rng, deterministic=deterministic,
-                                implementation=implementation, return_weights=record)
+    record = (self.is_mutable_collection('intermediates') and implementation is None
+              and beam_slots is None)
+    if beam_slots is not None:
+      if cache is None or dropout_rng is not None:
+        raise ValueError('beam_slots are for decoding: they need the cache, and no dropout')
+      out = beam_slot_attention(query, cache['key'].astype(self.dtype),
+                                cache['value'].astype(self.dtype), beam_slots,
+                                mask.dense if isinstance(mask, AttentionMask) else mask)
+    else:
+      out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
+                                  dropout_rng=dropout_rng, deterministic=deterministic,
+                                  implementation=implementation, return_weights=record)
     if record:
       out, weights = out
       self.sow('intermediates', 'attention_weights', weights)

@@ -157,18 +157,23 @@ def _take(x: Array, indices: Int[Array, "B k"]) -> Array:
 
 def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
                 beam_size: int, max_decode_len: int, alpha: float | Float[Array, ""] = 0.6,
-                eos_id: int, pad_id: int) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
+                eos_id: int, pad_id: int,
+                follow: Callable[[State, Int[Array, "B beam"]], State] | None = None
+                ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
   """Beam search over any scoring function, with GNMT's length penalty.
 
   Args:
-    score_fn: `(last_tokens [B * beam], state) -> (log_probs [B * beam, V], state)`. Every
-      state leaf with a leading axis is [B * beam, ...] and is gathered by beam index after
-      each step (so a KV cache follows its beam); scalar leaves pass through unchanged.
+    score_fn: `(last_tokens [B * beam], state) -> (log_probs [B * beam, V], state)`.
+      Rows are beams: row b * beam + w is beam w of batch row b.
     state: the initial state, already expanded to B * beam rows (`expand_to_beams`).
     first_tokens: [B], fed at the first step (bos, or a prompt's last token).
     beam_size: W, the number of hypotheses kept per row.
     max_decode_len: T, the most tokens a hypothesis may have (eos included).
     alpha: length-penalty exponent; 0 ranks by log-probability alone.
+    follow: `(state, parents [B, beam]) -> state`, how the state follows the beams kept
+      after each step: new beam w extends old beam `parents[b, w]`. Default
+      `gather_beams`: every state leaf with a leading axis is [B * beam, ...] and is
+      gathered by beam (so a KV cache follows its beam); scalar leaves pass through.
 
   Each step ranks the extensions of the W alive beams and takes the 2W best. Those among
   the W best that end in `eos_id` are finished: they move to the finished set (the W best
@@ -184,6 +189,8 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
   """
   batch_size, width = first_tokens.shape[0], beam_size
   positions = jnp.arange(max_decode_len)
+  if follow is None:
+    follow = lambda state, parents: gather_beams(state, parents, width)
 
   def cond(carry):
     step, _, alive_log_probs, _, finished_scores, finished_flags, _ = carry
@@ -214,7 +221,7 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
     alive_log_probs, keep = lax.top_k(jnp.where(top_is_eos, NEG_INF, top_log_probs),
                                       width)  # [B, beam]
     alive_seqs = _take(top_seqs, keep)  # [B, beam, T]
-    state = gather_beams(state, _take(top_beams, keep), width)
+    state = follow(state, _take(top_beams, keep))
 
     # Finished: the W best of the old finished and the extensions that just ended among
     # the W best (as fairseq does; so beam size 1 with alpha 0 is exactly greedy).

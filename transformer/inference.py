@@ -89,13 +89,32 @@ def _lm_score_fn(model, params) -> decode.ScoreFn:
   return score
 
 
-def _prefilled_lm_cache(model, params, prompt_tokens, max_length, beam_size=1):
+def _prefilled_lm_cache(model, params, prompt_tokens, max_length):
   """A cache holding all but the last prompt token (one prefill call)."""
   batch_size, prompt_length = prompt_tokens.shape
   cache = model.init_cache(batch_size, max_length)
   if prompt_length > 1:
     _, cache = model.apply(params, prompt_tokens[:, :-1], cache=cache)
-  return decode.expand_to_beams(cache, beam_size) if beam_size > 1 else cache
+  return cache
+
+
+def beam_cache(cache: dict[str, Any], beam_size: int) -> dict[str, Any]:
+  """A model's decoding cache for B rows (empty or prefilled) -> one for B * beam beams
+  whose keys and values never move (`follow_beams`): every beam starts from row b's
+  copy, and `beam_slots` records which beam row holds each position of each beam."""
+  batch_size, max_length = cache['valid'].shape
+  return {**decode.expand_to_beams(cache, beam_size),
+          'beam_slots': jnp.zeros((batch_size, beam_size, max_length), jnp.int32)}
+
+
+def follow_beams(cache: dict[str, Any], parents: Int[Array, "B beam"]) -> dict[str, Any]:
+  """`beam_search`'s `follow` for a `beam_cache`: new beam w extends old beam
+  `parents[b, w]` by inheriting its slot table and valid mask (B * beam * S_max entries);
+  the keys and values stay in the rows that wrote them (gathering them instead moves the
+  whole cache at every step)."""
+  slots = jnp.take_along_axis(cache['beam_slots'], parents[:, :, None], axis=1)
+  valid = decode.gather_beams(cache['valid'], parents, parents.shape[1])
+  return {**cache, 'beam_slots': slots, 'valid': valid}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k', 'eos_id'))
@@ -233,7 +252,8 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
   """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
 
   The encoder runs once for B rows; its output, the source and the decoder cache are
-  expanded to B * beam rows, and the cache is gathered by beam index after every step.
+  expanded to B * beam rows. The cache stays in place: beams follow their parents through
+  its slot table (`beam_cache`, `follow_beams`).
 
   Returns:
     tokens [B, beam, T] without bos (pad 0 after eos) and scores [B, beam]
@@ -247,11 +267,11 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
   score = _for_beam_search(
       _translation_score_fn(model, params, decode.expand_to_beams(src_tokens, beam_size),
                             decode.expand_to_beams(cross, beam_size)), model.config.pad_id)
-  cache = decode.expand_to_beams(model.init_cache(batch_size, max_decode_len), beam_size)
+  cache = beam_cache(model.init_cache(batch_size, max_decode_len), beam_size)
   first = jnp.full((batch_size,), bos_id, jnp.int32)
   return decode.beam_search(score, cache, first,
                      beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
-                     eos_id=eos_id, pad_id=model.config.pad_id)
+                     eos_id=eos_id, pad_id=model.config.pad_id, follow=follow_beams)
 
 
 def _bucket(length: int, multiple: int = 8) -> int:

@@ -123,8 +123,9 @@ class DecoderLayer(nn.Module):
   """Masked self-attention, then (encoder-decoder only) cross-attention, then feed-forward.
 
   With `cache` (this layer's {'key', 'value'}) and `cache_index`, the self-attention reads
-  and extends the cache and the layer returns `(x, cache)`. `cross_key_value` (from
-  `project_cross_key_value(encoded)`) saves re-projecting the encoder output every step.
+  and extends the cache and the layer returns `(x, cache)` (beam search's `beam_slots`: see
+  `MultiHeadAttention`). `cross_memory` (from `project_cross_memory(encoded)`) saves
+  re-projecting the encoder output every step.
   """
   config: ModelConfig
   with_cross_attention: bool = True
@@ -139,8 +140,8 @@ class DecoderLayer(nn.Module):
     self.mlp = make_feed_forward(cfg)
     self.mlp_block = _Residual(cfg)
 
-  def project_cross_key_value(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
-    return self.cross_attention.project_key_value(encoded)
+  def project_cross_memory(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
+    return self.cross_attention.project_memory(encoded)
 
   def __call__(self, x: Float[Array, "B T D"], mask: AttentionMask | Array | None,
                positions: Int[Array, "B T"], deterministic: bool,
@@ -148,18 +149,20 @@ class DecoderLayer(nn.Module):
                cross_mask: AttentionMask | Array | None = None,
                cache: dict[str, Array] | None = None,
                cache_index: Int[Array, ""] | None = None,
-               cross_key_value: dict[str, Array] | None = None):
+               cross_memory: dict[str, Array] | None = None,
+               beam_slots: Int[Array, "B W S"] | None = None):
     def attend_self(h):
       return self.self_attention(h, mask=mask, positions_q=positions, cache=cache,
-                                 cache_index=cache_index, deterministic=deterministic)
+                                 cache_index=cache_index, beam_slots=beam_slots,
+                                 deterministic=deterministic)
 
     x, new_cache = self.self_attention_block(x, attend_self, deterministic)
     if self.with_cross_attention:
-      if encoded is None and cross_key_value is None:
+      if encoded is None and cross_memory is None:
         raise ValueError('this decoder layer has cross-attention: pass `encoded`')
       x, _ = self.cross_attention_block(
           x, lambda h: self.cross_attention(h, encoded, mask=cross_mask,
-                                            key_value=cross_key_value,
+                                            memory=cross_memory,
                                             deterministic=deterministic,
                                             fused=cache is None),   # decoding: einsum
           deterministic)

@@ -17,6 +17,9 @@ Decoding: `cache = model.init_cache(batch_size, max_length)`, then
 any length) and then one token at a time; training is the same code with `cache=None`.
 The encoder-decoder can also cache its cross-attention keys and values
 (`cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)`).
+Beam search adds `cache['beam_slots']` [B, W, S_max] to a cache of B * W rows: beams then
+read their history through it instead of the cache being reordered after every step
+(`transformer.inference.beam_cache`).
 
 Deep models: `scan_layers=True` runs each stack as one `nn.scan` over its layers, whose
 parameters are stacked on a leading axis (logical name 'layers') under `layers` instead of
@@ -270,9 +273,17 @@ class Decoder(nn.Module):
                          '`transformer.models.unscanned(model, params)` (transformer.inference '
                          'does it for you)')
       cross = cache.get('cross')
+      beam_slots = cache.get('beam_slots')
+      if beam_slots is not None:
+        # Each beam writes its new tokens in its own rows (see `MultiHeadAttention`).
+        batch_size, width, _ = beam_slots.shape
+        own = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32)[None, :, None],
+                               (batch_size, width, tokens.shape[1]))
+        beam_slots = jax.lax.dynamic_update_slice(beam_slots, own, (0, 0, index))
       for i, layer in enumerate(self.layers):
         x, layer_cache = layer(x, mask, positions, deterministic, encoded, cross_mask,
-                               cache['layers'][i], index, None if cross is None else cross[i])
+                               cache['layers'][i], index, None if cross is None else cross[i],
+                               beam_slots)
         new_layer_caches.append(layer_cache)
     if cfg.pre_norm:
       x = self.final_norm(x)
@@ -287,13 +298,15 @@ class Decoder(nn.Module):
       return logits
     new_cache = {**cache, 'index': index + tokens.shape[1], 'valid': key_valid,
                  'layers': new_layer_caches}
+    if beam_slots is not None:
+      new_cache['beam_slots'] = beam_slots
     return logits, new_cache
 
-  def project_cross_key_values(self, encoded: Float[Array, "B S D"]) -> list[dict[str, Array]]:
+  def project_cross_memories(self, encoded: Float[Array, "B S D"]) -> list[dict[str, Array]]:
     if self.config.scan_layers:
       raise ValueError('cross-attention caching runs the layers unscanned: use '
                        '`transformer.models.unscanned(model, params)`')
-    return [layer.project_cross_key_value(encoded) for layer in self.layers]
+    return [layer.project_cross_memory(encoded) for layer in self.layers]
 
 
 def _no_token_types(config: ModelConfig, family: str) -> None:
@@ -335,12 +348,13 @@ class Transformer(nn.Module):
                         inputs, inputs_segment_ids, cache, deterministic)
 
   def precompute_cross_attention(self, encoded: Float[Array, "B S D"]) -> list[dict]:
-    """Each decoder layer's cross-attention keys and values of `encoded`.
+    """Each decoder layer's cross-attention keys [B, K, H, S] and values [B, K, S, H] of
+    `encoded` (`MultiHeadAttention.project_memory`).
 
     Put them in the decoding cache as `cache['cross']` and `decode` uses them instead of
     re-projecting the encoder output at every step (then `encoded` may be None).
     """
-    return self.decoder.project_cross_key_values(encoded)
+    return self.decoder.project_cross_memories(encoded)
 
   def __call__(self, inputs: Int[Array, "B S"], decoder_inputs: Int[Array, "B T"], *,
                inputs_positions=None, inputs_segment_ids=None, decoder_positions=None,
