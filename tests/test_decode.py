@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from transformer import decode
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -100,6 +101,14 @@ def run_beam(transitions, beam_size, alpha=0.0, max_decode_len=6):
       jnp.array([BOS_ID]), beam_size=beam_size, max_decode_len=max_decode_len,
       alpha=alpha, eos_id=EOS, pad_id=PAD_ID)
   return np.asarray(tokens[0]), np.asarray(scores[0])
+
+
+def test_beam_search_stages_must_rise_below_the_length_and_come_with_grow():
+  scorer = markov_scorer({BOS_ID: {EOS: 1.0}})
+  for stages, grow in [((7,), lambda s, n: s), ((3, 2), lambda s, n: s), ((3,), None)]:
+    with pytest.raises(ValueError, match='stages'):
+      decode.beam_search(scorer, {}, jnp.array([BOS_ID]), beam_size=2, max_decode_len=6,
+                         eos_id=EOS, pad_id=PAD_ID, stages=stages, grow=grow)
 
 
 BOS = BOS_ID

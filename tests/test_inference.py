@@ -220,27 +220,33 @@ def test_translate_beam_scores_are_length_penalised_log_probs(encdec, sources,
                              rtol=1e-4)
 
 
-def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(encdec, sources,
-                                                                          translated_greedy):
-  """translate_beam's cache stays in place (`beam_cache`, `follow_beams`); the plain way
-  gathers the whole cache by beam after every step. Same hypotheses, same scores."""
-  from transformer import decode
+@pytest.mark.parametrize('stages', [(), (4,)])
+def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(
+    encdec, sources, translated_greedy, stages):
+  """translate_beam's cache stays in place (`beam_cache`, `follow_beams`), and starts
+  short (`stages`, `grow_cache`); the plain way gathers a full-length cache by beam after
+  every step. Same hypotheses, same scores."""
+  from transformer import decode, models
   model, params = encdec
   eos, beam, length = int(translated_greedy[0, 2]), 3, 9
   cross = inference._encode(model, params, sources)
   score = inference._for_beam_search(
       inference._translation_score_fn(model, params, decode.expand_to_beams(sources, beam),
                                       decode.expand_to_beams(cross, beam)), 0)
-  cache = model.init_cache(sources.shape[0], length)
   first = jnp.full((sources.shape[0],), BOS_ID, jnp.int32)
-  search = jax.jit(lambda cache, follow: decode.beam_search(
+  search = jax.jit(lambda cache, follow, stages: decode.beam_search(
       score, cache, first, beam_size=beam, max_decode_len=length, eos_id=eos, pad_id=0,
-      follow=follow), static_argnums=1)
-  tokens, scores = search(inference.beam_cache(cache, beam), inference.follow_beams)
-  gathered_tokens, gathered_scores = search(decode.expand_to_beams(cache, beam), None)
+      follow=follow, stages=stages, grow=models.grow_cache), static_argnums=(1, 2))
+  cache = model.init_cache(sources.shape[0], stages[0] if stages else length)
+  tokens, scores = search(inference.beam_cache(cache, beam), inference.follow_beams, stages)
+  full_cache = decode.expand_to_beams(model.init_cache(sources.shape[0], length), beam)
+  gathered_tokens, gathered_scores = search(full_cache, None, ())
   np.testing.assert_array_equal(tokens, gathered_tokens)
   np.testing.assert_allclose(scores, gathered_scores, rtol=1e-5)
   assert len({tuple(h) for h in np.asarray(tokens)[0]}) == beam
+  ended = np.asarray(tokens) == eos
+  assert ended.any()   # some hypotheses end, and some run on into the second stage:
+  assert (np.where(ended.any(-1), ended.argmax(-1), length) > 4).any()
 
 
 def test_scanned_models_decode_as_their_unscanned_layout(encdec, sources, translated_greedy):

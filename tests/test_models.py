@@ -441,6 +441,25 @@ def test_cross_attention_cache_matches_the_full_forward_pass():
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_a_grown_cache_decodes_on_as_the_full_forward_pass():
+  """`grow_cache` adds empty slots at the end: decoding fills a short cache, grows it, and
+  goes on with the full pass's logits."""
+  from transformer.models import grow_cache
+  model = tf.DecoderLM(tf.tiny(vocab_size=40))
+  seq = tokens(13, (2, 6))
+  params = model.init(RNG, seq)
+  full = model.apply(params, seq)
+  cache = model.init_cache(2, 3)
+  steps = []
+  for t in range(6):
+    if t == 3:
+      cache = grow_cache(cache, 6)
+    logits, cache = model.apply(params, seq[:, t:t + 1], cache=cache)
+    steps.append(logits)
+  assert cache['layers'][0]['key'].shape[-1] == 6
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
 def test_sequences_longer_than_max_len_are_rejected():
   model = tf.DecoderLM(tf.tiny(vocab_size=40, max_len=8))
   with pytest.raises(ValueError, match='max_len=8'):

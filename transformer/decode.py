@@ -158,7 +158,9 @@ def _take(x: Array, indices: Int[Array, "B k"]) -> Array:
 def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
                 beam_size: int, max_decode_len: int, alpha: float | Float[Array, ""] = 0.6,
                 eos_id: int, pad_id: int,
-                follow: Callable[[State, Int[Array, "B beam"]], State] | None = None
+                follow: Callable[[State, Int[Array, "B beam"]], State] | None = None,
+                stages: tuple[int, ...] = (),
+                grow: Callable[[State, int], State] | None = None
                 ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
   """Beam search over any scoring function, with GNMT's length penalty.
 
@@ -174,6 +176,10 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
       after each step: new beam w extends old beam `parents[b, w]`. Default
       `gather_beams`: every state leaf with a leading axis is [B * beam, ...] and is
       gathered by beam (so a KV cache follows its beam); scalar leaves pass through.
+    stages, grow: step counts at which the loop stops to resize its state with
+      `grow(state, length)` before going on, `length` being the next stage's end (or
+      `max_decode_len`). A state sized for the steps so far (a KV cache of `stages[0]`
+      slots at first) makes the early steps cheaper; each stage compiles the step anew.
 
   Each step ranks the extensions of the W alive beams and takes the 2W best. Those among
   the W best that end in `eos_id` are finished: they move to the finished set (the W best
@@ -244,8 +250,16 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
   carry = (jnp.zeros((), jnp.int32), seqs, alive_log_probs, seqs,
            jnp.full((batch_size, width), NEG_INF, jnp.float32),
            jnp.zeros((batch_size, width), jnp.bool_), state)
+  ends = (*stages, max_decode_len)
+  if list(ends) != sorted(set(ends)) or ends[0] < 1 or (stages and grow is None):
+    raise ValueError(f'stages {stages} must rise from 1 to below max_decode_len '
+                     f'{max_decode_len}, and need `grow`')
+  for stage, end in enumerate(ends):
+    if stage:
+      carry = (*carry[:-1], grow(carry[-1], end))
+    carry = lax.while_loop(lambda carry, end=end: cond(carry) & (carry[0] < end), body, carry)
   (step, alive_seqs, alive_log_probs, finished_seqs, finished_scores, finished_flags,
-   _) = lax.while_loop(cond, body, carry)
+   _) = carry
 
   # Unfinished hypotheses only fill the slots that no finished one took.
   alive_scores = alive_log_probs / length_penalty(step, alpha)  # [B, beam]

@@ -82,6 +82,20 @@ def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length
   }
 
 
+def grow_cache(cache: Cache, max_length: int) -> Cache:
+  """The same cache with room for `max_length` tokens (empty slots added at the end)."""
+  def pad(x, axis):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, max_length - x.shape[axis])
+    return jnp.pad(x, widths)
+  grown = {**cache, 'valid': pad(cache['valid'], 1),
+           'layers': [{'key': pad(layer['key'], 3), 'value': pad(layer['value'], 2)}
+                      for layer in cache['layers']]}
+  if 'beam_slots' in cache:
+    grown['beam_slots'] = pad(cache['beam_slots'], 2)
+  return grown
+
+
 def _embedding(config: ModelConfig, vocab_size: int | None, name: str) -> nn.Embed:
   if vocab_size is None:
     raise ValueError('ModelConfig.vocab_size is None: set it (training fills it in from the '
