@@ -180,6 +180,24 @@ def test_beam_slot_attention_reads_each_beams_history_from_its_slots(num_kv_head
     attn.beam_slot_attention(query, cache['key'], cache['value'], slots[:, :2], mask)
 
 
+@pytest.mark.parametrize('num_kv_heads', [4, 2])
+def test_shared_memory_attention_equals_attention_to_the_repeated_memory(num_kv_heads):
+  """Beams of one source reading its memory once: the float64 reference with the memory
+  repeated for every beam, padded memory positions masked (one row fully)."""
+  b, w, t, s, n, h = 2, 3, 2, 6, 4, 8
+  query, _, _ = random_qkv(9, b=b * w, t=t, s=s, n=n, k=num_kv_heads, h=h)
+  _, key, value = random_qkv(10, b=b, t=t, s=s, n=n, k=num_kv_heads, h=h)
+  mask = jnp.array([[True] * 4 + [False] * 2, [False] * 6])[:, None, None, :]   # [B, 1, 1, S]
+  memory = attn.to_cache_layout({'key': key, 'value': value})
+  out = attn.shared_memory_attention(query, memory, mask)
+  expected = reference_attention(query, np.repeat(key, w, 0), np.repeat(value, w, 0),
+                                 np.repeat(mask, w, 0))
+  assert relative_error(out, expected) < 1e-5
+  assert not np.asarray(out)[w:].any()   # the second source has no real token
+  with pytest.raises(ValueError, match='groups'):
+    attn.shared_memory_attention(query[:5], memory, mask)
+
+
 def test_cache_layout_round_trips():
   _, key, value = random_qkv(8)
   back = attn.from_cache_layout(attn.to_cache_layout({'key': key, 'value': value}))

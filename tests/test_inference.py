@@ -1,5 +1,7 @@
 """Decoding with our models: cached versus full forward passes, generation, translation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,23 +226,29 @@ def test_translate_beam_scores_are_length_penalised_log_probs(encdec, sources,
 def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(
     encdec, sources, translated_greedy, stages):
   """translate_beam's cache stays in place (`beam_cache`, `follow_beams`), and starts
-  short (`stages`, `grow_cache`); the plain way gathers a full-length cache by beam after
-  every step. Same hypotheses, same scores."""
+  short (`stages`, `grow_cache`), and the beams of a source share its memory; the plain
+  way gathers a full-length cache by beam after every step and repeats the memory for
+  every beam. Same hypotheses, same scores."""
   from transformer import decode, models
   model, params = encdec
   eos, beam, length = int(translated_greedy[0, 2]), 3, 9
   cross = inference._encode(model, params, sources)
-  score = inference._for_beam_search(
-      inference._translation_score_fn(model, params, decode.expand_to_beams(sources, beam),
-                                      decode.expand_to_beams(cross, beam)), 0)
   first = jnp.full((sources.shape[0],), BOS_ID, jnp.int32)
-  search = jax.jit(lambda cache, follow, stages: decode.beam_search(
-      score, cache, first, beam_size=beam, max_decode_len=length, eos_id=eos, pad_id=0,
-      follow=follow, stages=stages, grow=models.grow_cache), static_argnums=(1, 2))
+
+  @functools.partial(jax.jit, static_argnums=(3, 4))
+  def search(src, cross, cache, follow, stages):
+    score = inference._for_beam_search(
+        inference._translation_score_fn(model, params, src, cross), 0)
+    return decode.beam_search(score, cache, first, beam_size=beam, max_decode_len=length,
+                              eos_id=eos, pad_id=0, follow=follow, stages=stages,
+                              grow=models.grow_cache)
   cache = model.init_cache(sources.shape[0], stages[0] if stages else length)
-  tokens, scores = search(inference.beam_cache(cache, beam), inference.follow_beams, stages)
+  tokens, scores = search(sources, cross, inference.beam_cache(cache, beam),
+                          inference.follow_beams, stages)
   full_cache = decode.expand_to_beams(model.init_cache(sources.shape[0], length), beam)
-  gathered_tokens, gathered_scores = search(full_cache, None, ())
+  gathered_tokens, gathered_scores = search(decode.expand_to_beams(sources, beam),
+                                            decode.expand_to_beams(cross, beam), full_cache,
+                                            None, ())
   np.testing.assert_array_equal(tokens, gathered_tokens)
   np.testing.assert_allclose(scores, gathered_scores, rtol=1e-5)
   assert len({tuple(h) for h in np.asarray(tokens)[0]}) == beam

@@ -255,6 +255,38 @@ def beam_slot_attention(
   return out.reshape(rows, t, n, h).astype(query.dtype)
 
 
+def shared_memory_attention(
+    query: Float[Array, "B*W T N H"],
+    memory: dict[str, Array],
+    mask: Bool[Array, "#B 1 1 S"] | None = None,
+) -> Float[Array, "B*W T N H"]:
+  """Attention of B * W query rows to a memory of B rows: row b * W + w reads memory row
+  b (the W beams of one source read its encoder output). No dropout.
+
+  `memory` is in the cache's layouts (keys [B, K, H, S], values [B, K, S, H]; see
+  `MultiHeadAttention.project_memory`); `mask` is the memory's padding, with no query
+  axis. Equal to `dot_product_attention` with the memory repeated W times, but each
+  memory row is read once, by one product for all its W * T queries.
+  """
+  b, k, h, s = memory['key'].shape
+  rows, t, n, _ = query.shape
+  if rows % b or n % k or memory['value'].shape != (b, k, s, h) or (
+      mask is not None and (mask.shape[0] not in (1, b) or mask.shape[2] != 1)):
+    raise ValueError(f'a memory of keys {memory["key"].shape} and values '
+                     f'{memory["value"].shape} does not serve queries {query.shape} in '
+                     f'groups, with a mask [B, 1, 1, S] of its rows (got '
+                     f'{None if mask is None else mask.shape})')
+  w, groups = rows // b, n // k
+  # X = (W, G, T): every query that reads a key head of memory row b.
+  grouped_query = query.reshape(b, w, t, k, groups, h).transpose(0, 3, 1, 4, 2, 5)
+  logits = jnp.einsum('BKXH,BKHS->BKXS', grouped_query.reshape(b, k, -1, h), memory['key'],
+                      preferred_element_type=jnp.float32)
+  weights = _masked_softmax(logits / jnp.sqrt(h).astype(jnp.float32), mask)
+  out = jnp.einsum('BKXS,BKSH->BKXH', weights.astype(memory['value'].dtype), memory['value'])
+  out = out.reshape(b, k, w, groups, t, h).transpose(0, 2, 4, 1, 3, 5)  # [B, W, T, K, G, H]
+  return out.reshape(rows, t, n, h).astype(query.dtype)
+
+
 def _library_attention(query, key, value, mask, structure, implementation, *, dropout_rate,
                        return_weights):
   """Routes to `jax.nn.dot_product_attention`, keeping our fully-masked-row semantics.
@@ -320,7 +352,8 @@ class MultiHeadAttention(nn.Module):
   written, and each beam reads its history through its slots (`beam_slot_attention`).
   For cross-attention, the keys and values of a fixed memory can be computed once with
   `project_memory(memory)` (in the cache's layouts) and passed as `memory=` on every
-  step. To look at the attention weights, apply with
+  step; a memory of B rows serves B * W query rows, W consecutive rows per memory row (the
+  beams of one source; `shared_memory_attention`). To look at the attention weights, apply with
   `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
   """
   num_heads: int
@@ -423,15 +456,23 @@ class MultiHeadAttention(nn.Module):
     implementation = self.implementation if fused and cache is None else None
     if implementation == 'auto' and jax.default_backend() != 'gpu':
       implementation = None
+    # Beam search's layouts: the cache read through slots, the source's memory shared.
+    shared_memory = memory is not None and memory['key'].shape[0] != query.shape[0]
+    beams = beam_slots is not None or shared_memory
+    if beams and dropout_rng is not None:
+      raise ValueError('beam_slots and a memory shared by beams are for decoding: no dropout')
+    dense_mask = mask.dense if isinstance(mask, AttentionMask) else mask
     # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
     record = (self.is_mutable_collection('intermediates') and implementation is None
-              and beam_slots is None)
+              and not beams)
     if beam_slots is not None:
-      if cache is None or dropout_rng is not None:
-        raise ValueError('beam_slots are for decoding: they need the cache, and no dropout')
+      if cache is None:
+        raise ValueError('beam_slots need the cache')
       out = beam_slot_attention(query, cache['key'].astype(self.dtype),
-                                cache['value'].astype(self.dtype), beam_slots,
-                                mask.dense if isinstance(mask, AttentionMask) else mask)
+                                cache['value'].astype(self.dtype), beam_slots, dense_mask)
+    elif shared_memory:
+      out = shared_memory_attention(
+          query, jax.tree.map(lambda x: x.astype(self.dtype), memory), dense_mask)
     else:
       out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
                                   dropout_rng=dropout_rng, deterministic=deterministic,

@@ -201,7 +201,8 @@ def _translation_score_fn(model, params, src_tokens, cross) -> decode.ScoreFn:
   """Decoder steps reading the cross-attention keys/values computed once (`cross`).
 
   `cross` stays out of the loop state: it is the same for every beam of a row, so it
-  needs no gathering when beams are reordered.
+  needs no gathering when beams are reordered. For beam search, `src_tokens` and `cross`
+  keep their B rows: each source's beams read it together (`shared_memory_attention`).
   """
   def score(tokens, cache):
     logits, cache = model.apply(params, None, src_tokens, tokens[:, None],
@@ -262,8 +263,8 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
                    ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
   """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
 
-  The encoder runs once for B rows; its output, the source and the decoder cache are
-  expanded to B * beam rows. The cache stays in place: beams follow their parents through
+  The encoder runs once for B rows, and each source's beams read its cross-attention keys
+  and values together. The decoder cache has B * beam rows and stays in place: beams follow their parents through
   its slot table (`beam_cache`, `follow_beams`); it has room for the first half of the
   steps at first, and grows for the second (`_beam_stages`).
 
@@ -276,9 +277,8 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
   batch_size = src_tokens.shape[0]
   cross = _encode(model, params, src_tokens)
-  score = _for_beam_search(
-      _translation_score_fn(model, params, decode.expand_to_beams(src_tokens, beam_size),
-                            decode.expand_to_beams(cross, beam_size)), model.config.pad_id)
+  score = _for_beam_search(_translation_score_fn(model, params, src_tokens, cross),
+                           model.config.pad_id)
   stages = _beam_stages(max_decode_len)
   cache = beam_cache(model.init_cache(batch_size, stages[0] if stages else max_decode_len),
                      beam_size)
