@@ -22,7 +22,8 @@ medians); temporary memory of one step (`compiled.memory_analysis()`); beam sear
 4, alpha 0.6, up to source length + 50 tokens, an end token that never comes, so both
 decode the full length) on 32 sentences of 30 tokens with the multi30k-size models:
 sentences per second. Where the decoders differ: ours projects each source's
-cross-attention keys and values once, the example's at every step; the example gathers
+cross-attention keys and values once, the example's at every step (for every beam: ours
+reads them once per source for all its beams); the example gathers
 its whole cache by beam after every step, ours leaves it in place and reads each beam's
 history through a slot table; ours attends over a half-length cache for the first half
 of the steps (the example over all max_len slots at every step).

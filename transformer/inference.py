@@ -250,7 +250,8 @@ def _beam_stages(max_decode_len: int) -> tuple[int, ...]:
   Each decoding step's attention reads every cache slot, filled or not; the first half
   of the steps needs only half of them (and most searches end there). Decoding 80 tokens
   at the multi30k size: 1.82x -> 2.13x Flax wmt's speed (`benchmarks/flax_wmt.py --parts
-  beam`); a second stage compiles the step again, worth it from ~32 steps.
+  beam`, before the shared memory); a second stage compiles the step again, worth it from
+  ~32 steps.
   """
   return (max_decode_len // 2,) if max_decode_len >= 32 else ()
 
