@@ -201,6 +201,25 @@ def _masked_softmax(logits: Float[Array, "B N T S"], mask: Bool[Array, "#B #N #T
   return jnp.where(mask, weights, 0.0)
 
 
+def _queries_by_source(query: Float[Array, "B*W T N H"], b: int, k: int
+                       ) -> Float[Array, "B K X H"]:
+  """Beam rows' queries [B * W, T, N, H] -> [B, K, X, H], X = (W, G, T): every query of
+  batch row b's W beams that reads key head k."""
+  rows, t, n, h = query.shape
+  w, groups = rows // b, n // k
+  grouped = query.reshape(b, w, t, k, groups, h).transpose(0, 3, 1, 4, 2, 5)
+  return grouped.reshape(b, k, w * groups * t, h)
+
+
+def _outputs_by_beam(out: Float[Array, "B K X H"], query_shape: tuple[int, ...]
+                     ) -> Float[Array, "B*W T N H"]:
+  """The inverse of `_queries_by_source`, for the attention's outputs."""
+  rows, t, n, h = query_shape
+  b, k = out.shape[:2]
+  out = out.reshape(b, k, rows // b, n // k, t, h).transpose(0, 2, 4, 1, 3, 5)
+  return out.reshape(rows, t, n, h)   # [B, W, T, K, G, H] -> rows
+
+
 def beam_slot_attention(
     query: Float[Array, "B*W T N H"],
     key_cache: Float[Array, "B*W K H S"],
@@ -233,11 +252,10 @@ def beam_slot_attention(
   groups = n // k
   # The products batch over (B, R, K), R the beam row a key or value is read from, so
   # that each row's [H, S] keys and [S, H] values are read where they lie; the query is
-  # small, so it is the one copied to every beam row. X = (W, G, T): the queries of a
-  # batch row's beams and of a key head's group.
-  grouped_query = query.reshape(b, w, t, k, groups, h).transpose(0, 3, 1, 4, 2, 5)
-  grouped_query = jnp.broadcast_to(grouped_query.reshape(b, 1, k, w * groups * t, h),
-                                   (b, w, k, w * groups * t, h)).reshape(rows, k, -1, h)
+  # small, so it is the one copied to every beam row.
+  grouped_query = _queries_by_source(query, b, k)[:, None]   # [B, 1, K, X, H]
+  grouped_query = jnp.broadcast_to(grouped_query, (b, w, k, w * groups * t, h)
+                                   ).reshape(rows, k, -1, h)
   logits = jnp.einsum('RKXH,RKHS->RKXS', grouped_query, key_cache,
                       preferred_element_type=jnp.float32).reshape(b, w, k, w, groups, t, s)
   # pick[b, r, 0, w, 0, 0, s]: beam w reads position s from beam row r.
@@ -251,8 +269,7 @@ def beam_slot_attention(
   spread = jnp.where(pick, weights, 0.0).astype(value_cache.dtype)  # [B, R, K, W, G, T, S]
   out = jnp.einsum('RKXS,RKSH->RKXH', spread.reshape(rows, k, -1, s), value_cache)
   out = out.reshape(b, w, k, -1, h).sum(axis=1)  # [B, K, X, H]
-  out = out.reshape(b, k, w, groups, t, h).transpose(0, 2, 4, 1, 3, 5)  # [B, W, T, K, G, H]
-  return out.reshape(rows, t, n, h).astype(query.dtype)
+  return _outputs_by_beam(out, query.shape).astype(query.dtype)
 
 
 def shared_memory_attention(
@@ -269,22 +286,18 @@ def shared_memory_attention(
   memory row is read once, by one product for all its W * T queries.
   """
   b, k, h, s = memory['key'].shape
-  rows, t, n, _ = query.shape
+  rows, n = query.shape[0], query.shape[2]
   if rows % b or n % k or memory['value'].shape != (b, k, s, h) or (
       mask is not None and (mask.shape[0] not in (1, b) or mask.shape[2] != 1)):
     raise ValueError(f'a memory of keys {memory["key"].shape} and values '
                      f'{memory["value"].shape} does not serve queries {query.shape} in '
                      f'groups, with a mask [B, 1, 1, S] of its rows (got '
                      f'{None if mask is None else mask.shape})')
-  w, groups = rows // b, n // k
-  # X = (W, G, T): every query that reads a key head of memory row b.
-  grouped_query = query.reshape(b, w, t, k, groups, h).transpose(0, 3, 1, 4, 2, 5)
-  logits = jnp.einsum('BKXH,BKHS->BKXS', grouped_query.reshape(b, k, -1, h), memory['key'],
+  logits = jnp.einsum('BKXH,BKHS->BKXS', _queries_by_source(query, b, k), memory['key'],
                       preferred_element_type=jnp.float32)
   weights = _masked_softmax(logits / jnp.sqrt(h).astype(jnp.float32), mask)
   out = jnp.einsum('BKXS,BKSH->BKXH', weights.astype(memory['value'].dtype), memory['value'])
-  out = out.reshape(b, k, w, groups, t, h).transpose(0, 2, 4, 1, 3, 5)  # [B, W, T, K, G, H]
-  return out.reshape(rows, t, n, h).astype(query.dtype)
+  return _outputs_by_beam(out, query.shape).astype(query.dtype)
 
 
 def _library_attention(query, key, value, mask, structure, implementation, *, dropout_rate,
@@ -352,9 +365,9 @@ class MultiHeadAttention(nn.Module):
   written, and each beam reads its history through its slots (`beam_slot_attention`).
   For cross-attention, the keys and values of a fixed memory can be computed once with
   `project_memory(memory)` (in the cache's layouts) and passed as `memory=` on every
-  step; a memory of B rows serves B * W query rows, W consecutive rows per memory row (the
-  beams of one source; `shared_memory_attention`). To look at the attention weights, apply with
-  `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
+  step; a memory of B rows serves B * W query rows, W consecutive rows per memory row
+  (the beams of one source; `shared_memory_attention`). To look at the attention weights,
+  apply with `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
   """
   num_heads: int
   head_dim: int
