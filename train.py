@@ -35,6 +35,11 @@ def main(argv):
   cache = flags.FLAGS.compilation_cache
   if cache and not jax.config.jax_compilation_cache_dir:  # the environment's wins
     jax.config.update('jax_compilation_cache_dir', cache)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    # Every program, not only those compiling for over 1 s (JAX's default): a warm start
+    # otherwise recompiles a dozen small ones (random keys, the matmul that measures the
+    # CPU's peak, scalar ops), up to a quarter of a second each.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   config = flags.FLAGS.config
   config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
   workdir = pathlib.Path(flags.FLAGS.workdir or pathlib.Path('runs') / config_path.stem)

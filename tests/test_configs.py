@@ -1,6 +1,9 @@
 """Every shipped config loads and passes the checks train.py makes before it starts."""
 
+import jax
+import numpy as np
 import pytest
+from flax import linen as nn
 
 from tests.conftest import REPO
 from tests.helpers import load_config
@@ -31,3 +34,22 @@ def test_fast_shakespeare_recipe_trains_the_same_model_on_the_same_data():
                      'train.num_steps', 'train.eval_every', 'train.checkpoint_every'}
   assert fast['train.num_steps'] == fast['optim.decay_steps'] == 1200
   assert set(fast) == set(nanogpt)
+
+
+def test_the_built_initializer_gives_the_models_own_initial_state():
+  # `build` traces the initializer once and replays its jaxpr: the state must be the one
+  # `model.init` and the optimizer make, with the shapes and shardings `build` promised.
+  config = load_config('shakespeare_char')
+  config.model.update(num_layers=1, d_model=32, mlp_dim=64)
+  exp = experiment.build(config, vocab_size=65)
+  state = exp.init_state(jax.random.PRNGKey(3))
+  init = experiment.state_initializer(exp.model, exp.task, exp.optimizer)
+  expected = jax.jit(lambda rng: nn.meta.unbox(init(rng)))(jax.random.PRNGKey(3))
+  assert jax.tree.structure(state) == jax.tree.structure(expected)
+  for got, want, shape in zip(jax.tree.leaves(state), jax.tree.leaves(expected),
+                              jax.tree.leaves(exp.abstract_state)):
+    np.testing.assert_array_equal(got, want)
+    assert (got.shape, got.dtype, got.sharding) == (shape.shape, shape.dtype, shape.sharding)
+  assert not np.array_equal(state.params['decoder']['layer_0']['mlp']['wi']['kernel'],
+                            exp.init_state(jax.random.PRNGKey(4)).params['decoder']['layer_0']
+                            ['mlp']['wi']['kernel'])

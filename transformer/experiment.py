@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import linen as nn
+from jax.extend.core import jaxpr_as_fun
 from jax.sharding import Mesh
 
 from transformer import sharding
@@ -158,12 +159,17 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None 
   schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
   tx = optimizer_lib.make_optimizer(config.optim, schedule)
 
-  init = state_initializer(model, task, tx)
-  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+  # The model is traced once: the jaxpr gives the state's shapes (and so its shardings),
+  # and the jitted initializer replays it rather than tracing the model a second time.
+  init_jaxpr, boxed = jax.make_jaxpr(state_initializer(model, task, tx),
+                                     return_shape=True)(jax.random.PRNGKey(0))
   state_sharding = sharding.state_shardings(boxed, mesh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(boxed), state_sharding)
-  init_state = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_sharding)
+  boxed_tree = jax.tree.structure(boxed)
+  init_state = jax.jit(
+      lambda rng: nn.meta.unbox(jax.tree.unflatten(boxed_tree, jaxpr_as_fun(init_jaxpr)(rng))),
+      out_shardings=state_sharding)
 
   train_fn = functools.partial(
       step_lib.train_step, model=model, task=task,
