@@ -31,8 +31,9 @@ def test_fast_shakespeare_recipe_trains_the_same_model_on_the_same_data():
   nanogpt, fast = _flat(load_config('shakespeare_char')), _flat(load_config('shakespeare_char_fast'))
   changed = {k for k in nanogpt if nanogpt[k] != fast[k]}
   assert changed == {'optim.learning_rate', 'optim.warmup_steps', 'optim.decay_steps',
-                     'train.num_steps', 'train.eval_every', 'train.checkpoint_every'}
-  assert fast['train.num_steps'] == fast['optim.decay_steps'] == 1200
+                     'optim.b1', 'train.num_steps', 'train.eval_every',
+                     'train.checkpoint_every'}
+  assert fast['train.num_steps'] == fast['optim.decay_steps'] == fast['train.eval_every'] == 1100
   assert set(fast) == set(nanogpt)
 
 
