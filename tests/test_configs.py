@@ -8,6 +8,7 @@ from flax import linen as nn
 from tests.conftest import REPO
 from tests.helpers import load_config
 from transformer import experiment
+from transformer.train import optimizer as optimizer_lib
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 
@@ -35,6 +36,20 @@ def test_fast_shakespeare_recipe_trains_the_same_model_on_the_same_data():
                      'train.checkpoint_every'}
   assert fast['train.num_steps'] == fast['optim.decay_steps'] == fast['train.eval_every'] == 1100
   assert set(fast) == set(nanogpt)
+
+
+def test_fast_multi30k_recipe_trains_the_same_model_on_the_same_data_and_anneals():
+  paper, fast = load_config('multi30k_ende'), load_config('multi30k_ende_fast')
+  assert fast.model == paper.model and fast.data == paper.data
+  assert (fast.train.batch_size, fast.train.label_smoothing) == (
+      paper.train.batch_size, paper.train.label_smoothing)
+  # Every step of the short run is spent on a schedule that reaches zero at its end, and
+  # the checkpoints that `evaluate --average_last 5` averages are all from its decay.
+  schedule = optimizer_lib.make_schedule(fast.optim, fast.model.d_model, fast.train.num_steps)
+  warmup, steps = fast.optim.warmup_steps, fast.train.num_steps
+  assert float(schedule(warmup)) == pytest.approx(fast.optim.learning_rate)
+  assert float(schedule(steps)) == 0.0 < float(schedule(steps - 1))
+  assert steps - (fast.train.max_to_keep - 1) * fast.train.checkpoint_every > warmup
 
 
 def test_the_built_initializer_gives_the_models_own_initial_state():

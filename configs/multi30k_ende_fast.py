@@ -1,0 +1,32 @@
+"""Multi30k en -> de in 40 minutes on a 2-core CPU: `multi30k_ende.py`'s model and data,
+trained for 1800 steps instead of 3000.
+
+The same model (post-LN, 3+3 layers, d_model 256), vocabulary, batch and regularisation;
+a schedule that spends its steps where a short run needs them: linear warmup to 3e-3 over
+500 steps, then a linear decay to zero at the last step (the paper's inverse square root
+never anneals, which a short run cannot afford), gradients clipped at norm 1 against the
+post-LN model's early spikes, and a checkpoint every 100 steps so that the last five can
+be averaged (`python -m transformer evaluate ... --average_last 5`). BLEU on 200
+validation sentences every 600 steps.
+
+Measured on a 2-core AMD EPYC (one run each, from an empty workdir, 38.8 / 39.8 min):
+validation BLEU at steps 600 / 1200 / 1800 of 26.2 / 35.1 / 40.3 with a peak of 3e-3,
+27.0 / 36.1 / 38.1 with 2e-3 (chosen on the validation set); test BLEU, the last five
+checkpoints averaged, 37.6 (37.8 for 2e-3), short of the 39.1 that `multi30k_ende.py`
+reaches in 3000 steps.
+"""
+
+import importlib.util
+import pathlib
+
+
+def get_config():
+  path = pathlib.Path(__file__).with_name('multi30k_ende.py')
+  spec = importlib.util.spec_from_file_location('multi30k_ende', path)
+  paper_recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(paper_recipe)
+  c = paper_recipe.get_config()
+  c.optim.update(schedule='warmup_linear', learning_rate=3e-3, warmup_steps=500,
+                 end_learning_rate=0.0, grad_clip_norm=1.0)
+  c.train.update(num_steps=1800, eval_every=600, checkpoint_every=100, max_to_keep=5)
+  return c
