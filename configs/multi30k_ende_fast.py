@@ -16,16 +16,13 @@ checkpoints averaged, 37.6 (37.8 for 2e-3), short of the 39.1 that `multi30k_end
 reaches in 3000 steps.
 """
 
-import importlib.util
 import pathlib
+
+from transformer.train.defaults import config_from_file
 
 
 def get_config():
-  path = pathlib.Path(__file__).with_name('multi30k_ende.py')
-  spec = importlib.util.spec_from_file_location('multi30k_ende', path)
-  paper_recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(paper_recipe)
-  c = paper_recipe.get_config()
+  c = config_from_file(pathlib.Path(__file__).with_name('multi30k_ende.py'))
   c.optim.update(schedule='warmup_linear', learning_rate=3e-3, warmup_steps=500,
                  end_learning_rate=0.0, grad_clip_norm=1.0)
   c.train.update(num_steps=1800, eval_every=600, checkpoint_every=100, max_to_keep=5)

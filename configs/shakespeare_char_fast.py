@@ -11,16 +11,13 @@ is (the file has no test split). Measured on 2 cores, one run each: b1 0.8 at 10
 before this one).
 """
 
-import importlib.util
 import pathlib
+
+from transformer.train.defaults import config_from_file
 
 
 def get_config():
-  path = pathlib.Path(__file__).with_name('shakespeare_char.py')
-  spec = importlib.util.spec_from_file_location('shakespeare_char', path)
-  nanogpt_settings = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(nanogpt_settings)
-  c = nanogpt_settings.get_config()
+  c = config_from_file(pathlib.Path(__file__).with_name('shakespeare_char.py'))
   c.optim.update(learning_rate=3e-3, warmup_steps=50, decay_steps=1100, b1=0.8)
   c.train.update(num_steps=1100, eval_every=1100, checkpoint_every=550)
   return c

@@ -4,7 +4,6 @@ Test modules import this as `tests.helpers`; code run in a subprocess (cwd = the
 imports it the same way.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,13 +11,11 @@ import subprocess
 import sys
 
 from tests.conftest import MULTI30K, REPO
+from transformer.train.defaults import config_from_file
 
 
 def load_config(name: str = 'default'):
-  spec = importlib.util.spec_from_file_location(name, REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_from_file(REPO / 'configs' / f'{name}.py')
 
 
 def tiny_overrides() -> dict[str, object]:

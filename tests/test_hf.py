@@ -8,7 +8,6 @@ Hugging Face -> ours -> Hugging Face are exact.
 """
 
 import functools
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -396,11 +395,10 @@ def test_imported_lm_generates_hugging_faces_greedy_tokens(tmp_path):
   # The run's config reaches train.py through RUN/config.py, and resuming with it is allowed.
   from transformer.train import workdir as workdir_lib
   from transformer.train.run import load_run
-  spec = importlib.util.spec_from_file_location('imported', workdir / 'config.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from transformer.train.defaults import config_from_file
   run = load_run(workdir)
-  assert workdir_lib.stored_differences(run.config.to_dict(), module.get_config()) == []
+  assert workdir_lib.stored_differences(run.config.to_dict(),
+                                        config_from_file(workdir / 'config.py')) == []
   assert run.config.task == 'lm' and run.config.data.tokenizer == 'pretrained'
   assert run.steps == [0]
   jax.tree.map(np.testing.assert_array_equal, run.params, loaded('llama')[1])

@@ -20,7 +20,6 @@ RUN that exists and is not empty is refused.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -57,7 +56,7 @@ def get_config():
 
 
 def _base_config(config_file: str | os.PathLike | None) -> ml_collections.ConfigDict:
-  from transformer.train.defaults import base_config
+  from transformer.train.defaults import base_config, config_from_file
   if config_file is None:
     config = base_config()
     config.optim.update(FINE_TUNING_OPTIM)
@@ -65,10 +64,7 @@ def _base_config(config_file: str | os.PathLike | None) -> ml_collections.Config
   config_file = pathlib.Path(config_file)
   if not config_file.is_file():
     raise MissingFileError(f'no config file {config_file}')
-  spec = importlib.util.spec_from_file_location(config_file.stem, config_file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_from_file(config_file)
 
 
 def training_config(model, config_file=None) -> ml_collections.ConfigDict:

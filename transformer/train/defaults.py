@@ -1,10 +1,14 @@
 """`base_config()`: every field a training config has, with defaults and a comment each.
 
 Experiment files in `configs/` start from this and change what differs, so that a field
-added here reaches every experiment.
+added here reaches every experiment; one that varies another experiment starts from that
+file's config (`config_from_file`).
 """
 
 import dataclasses
+import importlib.util
+import os
+import pathlib
 import typing
 
 import ml_collections
@@ -90,3 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
       auto=False,                 # True: jax.distributed.initialize() discovers the cluster
   ))
   return c
+
+
+def config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as `--config PATH` loads it (without overrides)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
