@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 
-from transformer.data import default_data_config, get_datasets
+from transformer.data.config import default_data_config
+
+
+from transformer.data.datasets import get_datasets
 from transformer.tasks import get_task
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'multi30k'

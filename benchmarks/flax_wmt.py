@@ -90,7 +90,7 @@ def flax_step(models, size):
 
 
 def our_step(size):
-  from transformer import experiment
+  from transformer.train import experiment
   from transformer.train.defaults import base_config
   from transformer.train.strategy import JitStrategy
   s = SIZES[size]

@@ -35,7 +35,8 @@ def base_config(task: str):
 
 def compile_child(layers: int, scan: bool) -> dict:
   import jax
-  from transformer import experiment, sharding
+  from transformer import sharding
+  from transformer.train import experiment
   from transformer.train.strategy import JitStrategy
 
   c = base_config('lm')
@@ -61,7 +62,8 @@ def compile_child(layers: int, scan: bool) -> dict:
 
 def memory_child(policy: str, dtype: str) -> dict:
   import jax
-  from transformer import experiment, sharding
+  from transformer import sharding
+  from transformer.train import experiment
   from transformer.train.strategy import JitStrategy
 
   c = base_config('translation')

@@ -35,7 +35,7 @@ def compiled_train_step(config, vocab: int, steps_per_call: int = 1):
   """(experiment, initial state, the trainer's jitted and donated train step) for `config`
   over all devices, built as train.py builds it; with `steps_per_call > 1` the step takes
   that many batches stacked (train.steps_per_call)."""
-  from transformer import experiment
+  from transformer.train import experiment
   from transformer.train.strategy import JitStrategy
 
   exp = experiment.build(config, vocab_size=vocab)
@@ -91,7 +91,7 @@ def measure_step(name: str, steps: int) -> dict:
 def packed_tokens_per_sec(train_config, workdir, batches: int = 100) -> float:
   """Target tokens/s of `train_config`'s packed training batches (its data block; the
   token store goes under `workdir`, or is opened there)."""
-  from transformer.data import get_datasets
+  from transformer.data.datasets import get_datasets
   from transformer.tasks import get_task
   config = train_config.data
   ds = get_datasets(config, get_task(train_config.task).data_needs(config), workdir=workdir,

@@ -46,7 +46,7 @@ def flag_args(overrides: dict[str, object]) -> list[str]:
 
 def multi30k_config(**overrides):
   """The data config of a Multi30k en -> de run with a small shared vocabulary."""
-  from transformer.data import default_data_config
+  from transformer.data.config import default_data_config
   c = default_data_config()
   c.source = 'parallel'
   c.path = str(MULTI30K)
@@ -89,14 +89,14 @@ def last_json_line(stdout: str):
 
 def task_datasets(config, task: str, **kwargs):
   """`get_datasets` with what task `task` needs from the data config `config`."""
-  from transformer.data import get_datasets
+  from transformer.data.datasets import get_datasets
   from transformer.tasks import get_task
   return get_datasets(config, get_task(task).data_needs(config), **kwargs)
 
 
 def make_trainer(config, workdir):
   """What train.py does before `run()`: set up the process, build, hand over to a Trainer."""
-  from transformer import experiment
+  from transformer.train import experiment
   from transformer.train import process
   from transformer.train.loop import Trainer
   process.setup(config)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from transformer import inference
-from transformer.train.run import load_run
+from transformer.train.trained_run import load_run
 
 from tests.helpers import REPO, tiny_overrides, train_py
 

@@ -7,7 +7,7 @@ from flax import linen as nn
 
 from tests.conftest import REPO
 from tests.helpers import load_config
-from transformer import experiment
+from transformer.train import experiment
 from transformer.train import optimizer as optimizer_lib
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))

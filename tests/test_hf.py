@@ -394,7 +394,7 @@ def test_imported_lm_generates_hugging_faces_greedy_tokens(tmp_path):
   assert result.stdout == prompt + tokenizer.decode(ref['greedy_tokens']) + '\n'
   # The run's config reaches train.py through RUN/config.py, and resuming with it is allowed.
   from transformer.train import workdir as workdir_lib
-  from transformer.train.run import load_run
+  from transformer.train.trained_run import load_run
   from transformer.train.defaults import config_from_file
   run = load_run(workdir)
   assert workdir_lib.stored_differences(run.config.to_dict(),

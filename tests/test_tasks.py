@@ -7,7 +7,7 @@ from flax import linen as nn
 
 import transformer as tf
 from transformer import tasks
-from transformer.data import default_data_config
+from transformer.data.config import default_data_config
 
 
 def test_registry_knows_the_four_families_and_names_them_on_error():

@@ -84,7 +84,7 @@ def _decode_settings(run, args) -> dict:
 def _evaluate(run, args) -> dict:
   """Loss, accuracy, perplexity and the task's decoded metrics (BLEU) of the run's
   parameters on a split, on one device."""
-  from transformer.data import get_datasets
+  from transformer.data.datasets import get_datasets
   from transformer.tasks import DecodeSettings
   from transformer.train.evaluation import Evaluator
   from transformer.train.strategy import JitStrategy
@@ -141,7 +141,7 @@ def _import(args) -> int:
 
 def _run(args) -> int:
   from transformer import inference
-  from transformer.train.run import load_run
+  from transformer.train.trained_run import load_run
 
   if args.command == 'import':
     return _import(args)

@@ -13,7 +13,7 @@ runs once per call. Prompts of different lengths share a batch by LEFT padding
 positions count only real tokens, so a padded row decodes exactly as it would alone.
 Models with scanned layers decode unscanned (`transformer.models.unscanned`, inside each
 compiled function). Special token ids come from `transformer.data.tokenizers`; a trained
-run's tokenizer (`transformer.train.run.load_run`) gives the ones it was trained with.
+run's tokenizer (`transformer.train.trained_run.load_run`) gives the ones it was trained with.
 """
 
 from __future__ import annotations

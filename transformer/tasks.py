@@ -24,12 +24,13 @@ from flax import linen as nn
 
 from transformer import inference, models
 from transformer.config import ModelConfig
-from transformer.data import Needs, SequenceSpec, mask_tokens, shift_right
+from transformer.data.pipeline import Needs, SequenceSpec, shift_right
+from transformer.data.mlm import mask_tokens
 from transformer.data.pipeline import Specials
 from transformer.data.tokenizers import NUM_SPECIALS, PAD_ID
 from transformer.errors import ConfigError
-from transformer.train import loss as loss_lib
-from transformer.train.metrics import corpus_bleu
+from transformer import losses as loss_lib
+from transformer.bleu import corpus_bleu
 
 Batch = Mapping[str, jax.Array]
 

@@ -3,7 +3,8 @@
 import pytest
 
 from tests.helpers import task_datasets
-from transformer.data import CharTokenizer, SentencePieceTokenizer, default_data_config
+from transformer.data.tokenizers import CharTokenizer, SentencePieceTokenizer
+from transformer.data.config import default_data_config
 
 
 def _get(tmp_path, **fields):

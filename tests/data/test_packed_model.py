@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import task_datasets
 from transformer import models
 from transformer.config import ModelConfig
-from transformer.data import default_data_config
+from transformer.data.config import default_data_config
 
 
 def packed_batch(tmp_path, task):

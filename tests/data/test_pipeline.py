@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import MULTI30K, require
 from tests.helpers import multi30k_config, task_datasets
-from transformer.data import default_data_config, mask_tokens
+from transformer.data.config import default_data_config
+from transformer.data.mlm import mask_tokens
 from transformer.data.tokenizers import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIALS
 
 
@@ -164,7 +165,7 @@ RESUME_SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np
     from tests.helpers import task_datasets
-    from transformer.data import default_data_config
+    from transformer.data.config import default_data_config
     config = default_data_config()
     config.update(json.loads(sys.argv[1]))
     ds = task_datasets(config, sys.argv[2], workdir=sys.argv[3], global_batch_size=8,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, task_datasets, xla_env
-from transformer.data import default_data_config, sources, store
+from transformer.data import sources, store
+from transformer.data.config import default_data_config
 from transformer.data.tokenizers import CharTokenizer
 from transformer.errors import DataError
 

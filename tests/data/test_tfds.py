@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.helpers import task_datasets
-from transformer.data import default_data_config
+from transformer.data.config import default_data_config
 
 
 class TinyTranslate(tfds.core.GeneratorBasedBuilder):

@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import MULTI30K, SHAKESPEARE, require
 from tests.helpers import multi30k_config, task_datasets
-from transformer.data import (CharTokenizer, SentencePieceTokenizer, load_tokenizer,
+from transformer.data.tokenizers import (CharTokenizer, SentencePieceTokenizer, load_tokenizer,
                               synthetic_tokenizer)
 from transformer.data import tokenizers as tok_lib
 
@@ -25,7 +25,7 @@ def test_char_vocabulary_of_tiny_shakespeare_is_nanogpts(tmp_path):
 
 
 def test_char_lm_datasets_use_65_symbols_and_nanogpt_split(tmp_path):
-  from transformer.data import default_data_config
+  from transformer.data.config import default_data_config
   require(SHAKESPEARE)
   c = default_data_config()
   c.source, c.path, c.tokenizer, c.max_len = 'text', str(SHAKESPEARE), 'char', 32

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import (REPO, checkpoint_steps, flag_args, tiny_overrides, train_py)
 from transformer.train import metrics as metrics_lib
-from transformer.train.run import load_run
+from transformer.train.trained_run import load_run
 
 pytestmark = pytest.mark.slow
 

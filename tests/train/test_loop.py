@@ -14,7 +14,7 @@ import pytest
 
 from transformer.train import metrics as metrics_lib
 from transformer.train import train_and_evaluate
-from transformer.train.run import load_run
+from transformer.train.trained_run import load_run
 
 from tests.helpers import (REPO, checkpoint_steps, flag_args, last_json_line, load_config,
                            make_trainer, run_python, tiny_config, tiny_overrides, train_py)
@@ -365,7 +365,7 @@ MULTI_PROCESS = """
 import json, sys
 from tests.helpers import tiny_config
 from transformer.train import train_and_evaluate
-from transformer.train.run import load_run
+from transformer.train.trained_run import load_run
 config = tiny_config(**{'train.num_steps': 12, 'train.eval_every': 6,
                         'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,
                         'train.eval_bleu': True, 'train.bleu_examples': 8})
@@ -382,8 +382,8 @@ ONE_PROCESS_REFERENCE = """
 import json
 import numpy as np
 from tests.helpers import tiny_config
-from transformer import experiment
-from transformer.data import get_datasets
+from transformer.train import experiment
+from transformer.data.datasets import get_datasets
 from transformer.train.strategy import JitStrategy
 # What the two processes train together: one process with their two devices, fed the
 # concatenation of the two processes' shards of each global batch.

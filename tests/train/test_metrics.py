@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from transformer import bleu
 from transformer.train import metrics as metrics_lib
 
 
@@ -31,10 +32,10 @@ def test_bleu_against_a_hand_count():
   precisions = [7 / 8, 4 / 7, 2 / 6, 1 / 5]
   brevity = math.exp(1 - 9 / 8)
   expected = 100 * brevity * math.exp(sum(math.log(p) for p in precisions) / 4)
-  assert metrics_lib.corpus_bleu([hypothesis], [reference]) == pytest.approx(expected, rel=1e-6)
-  assert metrics_lib.corpus_bleu([reference], [reference]) == pytest.approx(100.0)
+  assert bleu.corpus_bleu([hypothesis], [reference]) == pytest.approx(expected, rel=1e-6)
+  assert bleu.corpus_bleu([reference], [reference]) == pytest.approx(100.0)
   with pytest.raises(ValueError, match='hypotheses'):
-    metrics_lib.corpus_bleu([hypothesis, hypothesis], [reference])
+    bleu.corpus_bleu([hypothesis, hypothesis], [reference])
 
 
 def test_throughput_counts_tokens_per_second_without_excluded_time(monkeypatch):

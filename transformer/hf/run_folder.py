@@ -91,10 +91,10 @@ def _check_tokenizer(tokenizer, cfg, folder: pathlib.Path) -> None:
 def import_run(hf_folder: str | os.PathLike, workdir: str | os.PathLike,
                config_file: str | os.PathLike | None = None) -> pathlib.Path:
   """Converts `hf_folder` into the run folder `workdir` (see the module docstring)."""
-  from transformer import experiment as experiment_lib
+  from transformer.train import experiment as experiment_lib
   from transformer.train import checkpoint as checkpoint_lib
   from transformer.train import step as step_lib
-  from transformer.train.run import one_device_mesh
+  from transformer.train.trained_run import one_device_mesh
 
   hf_folder, workdir = pathlib.Path(hf_folder), pathlib.Path(workdir)
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):

@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from transformer.config import ModelConfig
-from transformer.data import default_data_config
+from transformer.data.config import default_data_config
 from transformer.inference import MAX_EXTRA_LEN
 
 

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from transformer.data import Datasets
+from transformer.data.datasets import Datasets
 from transformer.tasks import DecodeSettings, Task
 from transformer.train import metrics as metrics_lib
 from transformer.train import step as step_lib

@@ -1,4 +1,4 @@
-"""The training loop: it executes what `transformer.experiment.build` made.
+"""The training loop: it executes what `transformer.train.experiment.build` made.
 
     metrics = train_and_evaluate(config, workdir)      # what train.py runs, or by hand:
     experiment = build(config, workdir)
@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from transformer import experiment as experiment_lib
+from transformer.train import experiment as experiment_lib
 from transformer import models
 from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings

@@ -1,4 +1,4 @@
-"""Metric writers (metrics.jsonl and TensorBoard), BLEU, and throughput/MFU accounting.
+"""Metric writers (metrics.jsonl and TensorBoard) and throughput/MFU accounting.
 
 metrics.jsonl holds one strict-JSON object per logged step, e.g.
 `{"step": 200, "train/loss": 1.93, "train/first_step": 101, "train/tokens_per_sec": 21000}`
@@ -95,14 +95,6 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   """The records of metrics.jsonl, in order (a non-finite value reads as None)."""
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """sacreBLEU (13a tokenisation, the WMT default) on detokenized text."""
-  import sacrebleu
-  if len(hypotheses) != len(references):
-    raise ValueError(f'{len(hypotheses)} hypotheses for {len(references)} references')
-  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
 # --- throughput and model-FLOPs utilisation ------------------------------------------------

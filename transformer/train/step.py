@@ -19,7 +19,7 @@ from flax import linen as nn
 from flax.training import train_state
 
 from transformer.tasks import Task
-from transformer.train import loss as loss_lib
+from transformer import losses as loss_lib
 
 Batch = Mapping[str, jax.Array]
 

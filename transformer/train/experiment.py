@@ -5,7 +5,7 @@
 
 `build` is the one place where a config becomes a `ModelConfig`, a model, a learning-rate
 schedule and an optimizer, the abstract train state with its shardings on the mesh, and
-the pure train and eval steps bound to the task. The trainer, `transformer.train.run`
+the pure train and eval steps bound to the task. The trainer, `transformer.train.trained_run`
 (the command line), the benchmarks and the notebooks all use it.
 """
 
@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from transformer import sharding
 from transformer.config import ModelConfig
-from transformer.data import Datasets, get_datasets
+from transformer.data.datasets import Datasets, get_datasets
 from transformer.errors import ConfigError
 from transformer.tasks import Task, get_task
 from transformer.train import optimizer as optimizer_lib

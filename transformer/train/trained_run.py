@@ -3,7 +3,7 @@
     run = load_run('runs/multi30k_ende', average_last=5)
     translate_texts(run.model, run.params, run.tokenizer, ['A dog runs.'])
 
-The model and the shapes to restore come from `transformer.experiment.build` on one
+The model and the shapes to restore come from `transformer.train.experiment.build` on one
 device, like everything else that needs a model from a config.
 """
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from transformer import experiment as experiment_lib
+from transformer.train import experiment as experiment_lib
 from transformer import sharding
 from transformer.data.tokenizers import load_tokenizer, synthetic_tokenizer
 from transformer.errors import CheckpointError, UserError

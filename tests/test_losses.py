@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from transformer.train import loss as loss_lib
+from transformer import losses as loss_lib
 
 
 def test_cross_entropy_matches_optax_and_respects_weights():
