@@ -72,7 +72,8 @@ def test_lm_cached_decoding_matches_full_forward(padded):
     tokens[1, :3] = 0
     tokens[2, :5] = 0
   full = jax.jit(model.apply)(params, tokens)
-  step = jax.jit(lambda tokens, cache: model.apply(params, tokens, cache=cache))
+  step = jax.jit(lambda tokens, cache: model.apply(params, tokens, cache,
+                                                   method=model.decode_step))
   cached = incremental_logits(step, tokens, model.init_cache(3, 9), prefill_length=4)
   assert relative_error(cached, full) < 1e-5
 
@@ -89,9 +90,9 @@ def test_encoder_decoder_cached_decoding_matches_full_forward(padded):
     src[2, 2:] = 0
     tgt[0, 5:] = 0
   full = jax.jit(model.apply)(params, src, tgt)
-  encoded = jax.jit(lambda src: model.apply(params, src, method=model.encode))(src)
-  step = jax.jit(lambda tokens, cache: model.apply(params, encoded, src, tokens, cache=cache,
-                                                   method=model.decode))
+  memory = jax.jit(lambda src: model.apply(params, src, method=model.decoder_memory))(src)
+  step = jax.jit(lambda tokens, cache: model.apply(params, tokens, cache, memory,
+                                                   method=model.decode_step))
   cached = incremental_logits(step, tgt, model.init_cache(3, 8), prefill_length=3)
   assert relative_error(cached, full) < 1e-5
 
@@ -232,23 +233,30 @@ def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(
   from transformer import decode, models
   model, params = encdec
   eos, beam, length = int(translated_greedy[0, 2]), 3, 9
-  cross = inference._encode(model, params, sources)
+  memory = inference._encode(model, params, sources)
   first = jnp.full((sources.shape[0],), BOS_ID, jnp.int32)
+  # Our arrays' batch axes: the stacked layers come first in keys and values.
+  batch_axis = lambda path: 1 if path[-1].key in ('key', 'value') else 0
+  repeat = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda path, x: x if x.ndim == 0 else jnp.repeat(x, beam, batch_axis(path)), tree)
 
-  @functools.partial(jax.jit, static_argnums=(3, 4))
-  def search(src, cross, cache, follow, stages):
+  def gather(cache, parents):   # the plain way: every array follows its beam
+    rows = (jnp.arange(parents.shape[0])[:, None] * beam + parents).reshape(-1)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x if x.ndim == 0 else jnp.take(x, rows, batch_axis(path)), cache)
+
+  @functools.partial(jax.jit, static_argnums=(2, 3))
+  def search(memory, cache, follow, stages):
     score = inference._for_beam_search(
-        inference._translation_score_fn(model, params, src, cross), 0)
+        inference._translation_score_fn(model, params, memory), 0)
     return decode.beam_search(score, cache, first, beam_size=beam, max_decode_len=length,
                               eos_id=eos, pad_id=0, follow=follow, stages=stages,
                               grow=models.grow_cache)
   cache = model.init_cache(sources.shape[0], stages[0] if stages else length)
-  tokens, scores = search(sources, cross, inference.beam_cache(cache, beam),
-                          inference.follow_beams, stages)
-  full_cache = decode.expand_to_beams(model.init_cache(sources.shape[0], length), beam)
-  gathered_tokens, gathered_scores = search(decode.expand_to_beams(sources, beam),
-                                            decode.expand_to_beams(cross, beam), full_cache,
-                                            None, ())
+  tokens, scores = search(memory, inference.beam_cache(cache, beam), inference.follow_beams,
+                          stages)
+  full_cache = repeat(model.init_cache(sources.shape[0], length))
+  gathered_tokens, gathered_scores = search(repeat(memory), full_cache, gather, ())
   np.testing.assert_array_equal(tokens, gathered_tokens)
   np.testing.assert_allclose(scores, gathered_scores, rtol=1e-5)
   assert len({tuple(h) for h in np.asarray(tokens)[0]}) == beam
@@ -257,18 +265,49 @@ def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(
   assert (np.where(ended.any(-1), ended.argmax(-1), length) > 4).any()
 
 
-def test_scanned_models_decode_as_their_unscanned_layout(encdec, sources, translated_greedy):
-  """Decoding takes scanned parameters: it runs them unscanned, with the same tokens."""
+@pytest.fixture(scope='module')
+def scanned_encdec(encdec):
   from flax import linen as nn
   from transformer import models
   model, params = encdec
   scanned = tf.Transformer(model.config.replace(scan_layers=True))
-  stacked = {'params': models.scan_params(nn.meta.unbox(params)['params'])}
+  return scanned, {'params': models.scan_params(nn.meta.unbox(params)['params'])}
+
+
+def test_scanned_models_decode_the_tokens_of_their_unscanned_layout(
+    encdec, scanned_encdec, sources, translated_greedy):
+  """A scanned model decodes by scanning over its stacked cache, never unscanning: the
+  same greedy and beam tokens as the unscanned layout of the same parameters."""
+  model, params = encdec
+  scanned, stacked = scanned_encdec
   tokens = inference.translate_greedy(scanned, stacked, sources, max_decode_len=9)
   np.testing.assert_array_equal(tokens, translated_greedy)
-  with pytest.raises(ValueError, match='unscanned'):
-    scanned.apply(stacked, None, sources, sources[:, :1], cache=scanned.init_cache(3, 4),
-                  method=scanned.decode)
+  beams, scores = inference.translate_beam(scanned, stacked, sources, beam_size=3,
+                                           max_decode_len=9)
+  expected_beams, expected_scores = inference.translate_beam(model, params, sources,
+                                                             beam_size=3, max_decode_len=9)
+  np.testing.assert_array_equal(beams, expected_beams)
+  np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+  # The decoder's layers run as a loop inside the decoding loop (the encoder's too).
+  loops = lambda m, p: inference.translate_greedy.lower(
+      m, p, sources, max_decode_len=9).as_text().count('stablehlo.while')
+  assert loops(scanned, stacked) > loops(model, params)
+
+
+def test_scanned_language_models_sample_the_tokens_of_their_unscanned_layout():
+  from flax import linen as nn
+  from transformer import models
+  model = tf.DecoderLM(CACHE_CONFIG)
+  params = nn.meta.unbox(model.init(RNG, jnp.ones((1, 4), jnp.int32)))
+  scanned = tf.DecoderLM(CACHE_CONFIG.replace(scan_layers=True))
+  stacked = {'params': models.scan_params(params['params'])}
+  prompts = jnp.asarray(inference.left_pad([[5, 6, 7], [8]]))
+  for settings in (dict(temperature=0.0), dict(temperature=1.0, top_k=5)):
+    want = inference.generate(model, params, prompts, max_new_tokens=6,
+                              rng=jax.random.PRNGKey(4), **settings)
+    got = inference.generate(scanned, stacked, prompts, max_new_tokens=6,
+                             rng=jax.random.PRNGKey(4), **settings)
+    np.testing.assert_array_equal(got, want)
 
 
 class _IdTokenizer:

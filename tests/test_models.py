@@ -430,13 +430,14 @@ def test_cross_attention_cache_matches_the_full_forward_pass():
   tgt = tokens(12, (2, 5))
   params = model.init(RNG, src, tgt)
   full = model.apply(params, src, tgt)
-  encoded = model.apply(params, src, method=model.encode)
+  memory = model.apply(params, src, method=model.decoder_memory)
+  assert memory['key'].shape == (cfg.resolved_num_decoder_layers, 2, cfg.num_heads,
+                                 cfg.resolved_head_dim, 8)
   cache = model.init_cache(2, 5)
-  cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)
   steps = []
   for t in range(5):
-    logits, cache = model.apply(params, None, src, tgt[:, t:t + 1], cache=cache,
-                                method=model.decode)
+    logits, cache = model.apply(params, tgt[:, t:t + 1], cache, memory,
+                                method=model.decode_step)
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
 
@@ -454,9 +455,9 @@ def test_a_grown_cache_decodes_on_as_the_full_forward_pass():
   for t in range(6):
     if t == 3:
       cache = grow_cache(cache, 6)
-    logits, cache = model.apply(params, seq[:, t:t + 1], cache=cache)
+    logits, cache = model.apply(params, seq[:, t:t + 1], cache, method=model.decode_step)
     steps.append(logits)
-  assert cache['layers'][0]['key'].shape[-1] == 6
+  assert cache['key'].shape[-1] == 6 and cache['value'].shape[-2] == 6
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
 
 

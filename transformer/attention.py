@@ -354,20 +354,23 @@ class MultiHeadAttention(nn.Module):
 
   Self-attention when `inputs_kv` is None, cross-attention otherwise. With `num_kv_heads`
   smaller than `num_heads` it is grouped-query (or multi-query) attention. With `rope=True`
-  queries and keys are rotated by their positions (RoPE).
+  queries and keys are rotated by their positions (RoPE). To look at the attention
+  weights, apply with `mutable=['intermediates']`: each layer records
+  `attention_weights` [B, N, T, S].
 
-  Decoding: pass `cache={'key': [B, K, H, S_max], 'value': [B, K, S_max, H]}` (as
-  `init_cache` makes it) and `cache_index` (where
-  the new tokens go); the new keys and values are written there and the updated cache is
-  returned, so the call is `out, cache = attn(x, mask=..., cache=cache, cache_index=i)`.
-  The mask must then cover all S_max cache slots. Beam search may also pass `beam_slots`
-  [B, W, S_max]: the cache rows are then beams whose keys and values stay where they were
-  written, and each beam reads its history through its slots (`beam_slot_attention`).
-  For cross-attention, the keys and values of a fixed memory can be computed once with
-  `project_memory(memory)` (in the cache's layouts) and passed as `memory=` on every
-  step; a memory of B rows serves B * W query rows, W consecutive rows per memory row
-  (the beams of one source; `shared_memory_attention`). To look at the attention weights,
-  apply with `mutable=['intermediates']`: each layer records `attention_weights` [B, N, T, S].
+  `__call__` is training and scoring; decoding has two calls of its own:
+
+  - `decode_step`: self-attention over a KV cache that holds every layer's keys
+    [L, B, K, H, S_max] and values [L, B, K, S_max, H] (head-major: the layouts the
+    attention products read in place); this layer's are at `layer`. The new tokens' keys
+    and values are written at `index` and the cache is returned. Beam search may pass
+    `beam_slots` [B, W, S_max]: the cache rows are then beams whose keys and values stay
+    where they were written, and each beam reads its history through its slots
+    (`beam_slot_attention`).
+  - `attend_memory`: cross-attention to a fixed memory whose keys and values
+    `project_memory` computed once (in the cache's layouts); a memory of B rows serves
+    B * W query rows, W consecutive rows per memory row (the beams of one source;
+    `shared_memory_attention`).
   """
   num_heads: int
   head_dim: int
@@ -397,6 +400,26 @@ class MultiHeadAttention(nn.Module):
     self.key = self._projection(num_kv_heads)
     self.value = self._projection(num_kv_heads)
 
+  @nn.compact
+  def _output(self, out: Float[Array, "B T N H"], features: int) -> Float[Array, "B T D"]:
+    """The output projection (its width is the input's, known at the first call)."""
+    # The name remat_policy='save_attention_out' keeps for the backward pass.
+    out = checkpoint_name(out, 'attention_out')
+    return nn.DenseGeneral(
+        features=features, axis=(-2, -1), use_bias=self.use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='out', dot_general=self.dot_general,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+
+  def _query(self, inputs_q: Float[Array, "B T D"], positions_q: Int[Array, "B T"] | None
+             ) -> Float[Array, "B T N H"]:
+    query = self.query(inputs_q)
+    if self.rope:
+      if positions_q is None:
+        raise ValueError('rope=True needs positions_q')
+      query = positional.apply_rope(query, positions_q, self.rope_max_wavelength)
+    return query
+
   def project_key_value(self, inputs_kv: Float[Array, "B S D"],
                         positions_kv: Int[Array, "B S"] | None = None
                         ) -> dict[str, Float[Array, "B S K H"]]:
@@ -410,11 +433,11 @@ class MultiHeadAttention(nn.Module):
 
   def project_memory(self, memory: Float[Array, "B S D"]) -> dict[str, Array]:
     """Keys [B, K, H, S] and values [B, K, S, H] of a fixed memory (the encoder output),
-    for `memory=`: in the cache's head-major layouts, which the attention products read
-    in place (read as [B, S, K, H], a decoding loop re-transposes them at every step)."""
+    for `attend_memory`: in the cache's head-major layouts, which the attention products
+    read in place (read as [B, S, K, H], a decoding loop re-transposes them at every
+    step)."""
     return to_cache_layout(self.project_key_value(memory))
 
-  @nn.compact
   def __call__(self,
                inputs_q: Float[Array, "B T D"],
                inputs_kv: Float[Array, "B S D"] | None = None,
@@ -422,84 +445,82 @@ class MultiHeadAttention(nn.Module):
                *,
                positions_q: Int[Array, "B T"] | None = None,
                positions_kv: Int[Array, "B S"] | None = None,
-               memory: dict[str, Array] | None = None,
-               cache: dict[str, Array] | None = None,
-               cache_index: Int[Array, ""] | None = None,
-               beam_slots: Int[Array, "B W S"] | None = None,
-               deterministic: bool = True,
-               fused: bool = True):
-    """`fused=False` runs the einsum path whatever `implementation` says (decoding steps,
-    and masks a fused kernel cannot take)."""
-    self_attention = inputs_kv is None and memory is None
-    query = self.query(inputs_q)
-    if self.rope:
-      if positions_q is None:
-        raise ValueError('rope=True needs positions_q')
-      query = positional.apply_rope(query, positions_q, self.rope_max_wavelength)
-    if memory is not None:
-      key_value = from_cache_layout(memory)
-    elif self_attention:
+               deterministic: bool = True) -> Float[Array, "B T D"]:
+    query = self._query(inputs_q, positions_q)
+    if inputs_kv is None:
       key_value = self.project_key_value(inputs_q, positions_q)
     else:
       key_value = self.project_key_value(inputs_kv, positions_kv)
-    key, value = key_value['key'], key_value['value']
-
-    if cache is not None:
-      if not self_attention:
-        raise ValueError('the KV cache is for self-attention')
-      index = jnp.asarray(cache_index, jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      new = to_cache_layout({'key': key, 'value': value})
-      cache = {
-          'key': jax.lax.dynamic_update_slice(
-              cache['key'], new['key'].astype(cache['key'].dtype), (zero, zero, zero, index)),
-          'value': jax.lax.dynamic_update_slice(
-              cache['value'], new['value'].astype(cache['value'].dtype),
-              (zero, zero, index, zero)),
-      }
-      if beam_slots is None:
-        key_value = from_cache_layout(cache)
-        key = key_value['key'].astype(self.dtype)
-        value = key_value['value'].astype(self.dtype)
-
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
-    # A cached decoding step has one query: the einsum path, whatever the training kernel.
-    implementation = self.implementation if fused and cache is None else None
+    implementation = self.implementation
     if implementation == 'auto' and jax.default_backend() != 'gpu':
       implementation = None
-    # Beam search's layouts: the cache read through slots, the source's memory shared.
-    shared_memory = memory is not None and memory['key'].shape[0] != query.shape[0]
-    beams = beam_slots is not None or shared_memory
-    if beams and dropout_rng is not None:
-      raise ValueError('beam_slots and a memory shared by beams are for decoding: no dropout')
-    dense_mask = mask.dense if isinstance(mask, AttentionMask) else mask
     # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
-    record = (self.is_mutable_collection('intermediates') and implementation is None
-              and not beams)
-    if beam_slots is not None:
-      if cache is None:
-        raise ValueError('beam_slots need the cache')
-      out = beam_slot_attention(query, cache['key'].astype(self.dtype),
-                                cache['value'].astype(self.dtype), beam_slots, dense_mask)
-    elif shared_memory:
-      out = shared_memory_attention(
-          query, jax.tree.map(lambda x: x.astype(self.dtype), memory), dense_mask)
-    else:
-      out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                  dropout_rng=dropout_rng, deterministic=deterministic,
-                                  implementation=implementation, return_weights=record)
+    record = self.is_mutable_collection('intermediates') and implementation is None
+    out = dot_product_attention(query, key_value['key'], key_value['value'], mask,
+                                dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                deterministic=deterministic, implementation=implementation,
+                                return_weights=record)
     if record:
       out, weights = out
       self.sow('intermediates', 'attention_weights', weights)
-    # The name remat_policy='save_attention_out' keeps for the backward pass.
-    out = checkpoint_name(out, 'attention_out')
-    out = nn.DenseGeneral(
-        features=inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype, name='out', dot_general=self.dot_general,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
-    if cache is not None:
-      return out, cache
-    return out
+    return self._output(out, inputs_q.shape[-1])
+
+  def decode_step(self,
+                  inputs_q: Float[Array, "B T D"],
+                  mask: Bool[Array, "#B #N #T S"],
+                  *,
+                  positions_q: Int[Array, "B T"] | None,
+                  cache: dict[str, Array],
+                  layer: int | Int[Array, ""],
+                  index: Int[Array, ""],
+                  beam_slots: Int[Array, "B W S"] | None = None
+                  ) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
+    """Cached self-attention of T new tokens (a prompt, or one token per step).
+
+    `cache` holds every layer's keys [L, B, K, H, S_max] and values [L, B, K, S_max, H];
+    the new tokens' keys and values go to this `layer`'s slots `index` .. `index + T - 1`,
+    in place, and `mask` covers all S_max slots. Always the einsum path: a decoding step
+    has one query, and the slot table's reads are ours. No dropout.
+    """
+    query = self._query(inputs_q, positions_q)
+    new = to_cache_layout(self.project_key_value(inputs_q, positions_q))
+    index = jnp.asarray(index, jnp.int32)
+    layer = jnp.asarray(layer, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    cache = {
+        'key': jax.lax.dynamic_update_slice(
+            cache['key'], new['key'][None].astype(cache['key'].dtype),
+            (layer, zero, zero, zero, index)),
+        'value': jax.lax.dynamic_update_slice(
+            cache['value'], new['value'][None].astype(cache['value'].dtype),
+            (layer, zero, zero, index, zero)),
+    }
+    keys = jax.lax.dynamic_index_in_dim(cache['key'], layer, keepdims=False).astype(self.dtype)
+    values = jax.lax.dynamic_index_in_dim(cache['value'], layer, keepdims=False
+                                          ).astype(self.dtype)
+    if beam_slots is not None:
+      out = beam_slot_attention(query, keys, values, beam_slots, mask)
+    else:
+      key_value = from_cache_layout({'key': keys, 'value': values})
+      out = dot_product_attention(query, key_value['key'], key_value['value'], mask)
+    return self._output(out, inputs_q.shape[-1]), cache
+
+  def attend_memory(self,
+                    inputs_q: Float[Array, "B T D"],
+                    memory: dict[str, Array],
+                    mask: Bool[Array, "#B 1 1 S"] | None = None,
+                    *,
+                    positions_q: Int[Array, "B T"] | None = None) -> Float[Array, "B T D"]:
+    """Cross-attention to a memory from `project_memory` (keys [B', K, H, S], values
+    [B', K, S, H]), B' = B rows, or B / W rows shared by W beams each. No dropout."""
+    query = self._query(inputs_q, positions_q)
+    memory = jax.tree.map(lambda x: x.astype(self.dtype), memory)
+    if memory['key'].shape[0] != query.shape[0]:
+      out = shared_memory_attention(query, memory, mask)
+    else:
+      key_value = from_cache_layout(memory)
+      out = dot_product_attention(query, key_value['key'], key_value['value'], mask)
+    return self._output(out, inputs_q.shape[-1])

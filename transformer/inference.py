@@ -11,8 +11,8 @@ text in, text out.
 runs once per call. Prompts of different lengths share a batch by LEFT padding
 (`left_pad`): every row's last column is then a real token, and the model's default
 positions count only real tokens, so a padded row decodes exactly as it would alone.
-Models with scanned layers decode unscanned (`transformer.models.unscanned`, inside each
-compiled function). Special token ids come from `transformer.data.tokenizers`; a trained
+Every loop calls the models' `decode_step` on their stacked KV cache, so a model with
+scanned layers decodes as it trains: one scanned layer step, whatever the depth. Special token ids come from `transformer.data.tokenizers`; a trained
 run's tokenizer (`transformer.train.trained_run.load_run`) gives the ones it was trained with.
 """
 
@@ -30,7 +30,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from transformer import decode
 from transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from transformer.errors import UserError
-from transformer.models import DecoderLM, Transformer, grow_cache, unscanned
+from transformer.models import DecoderLM, Transformer, grow_cache
 
 # The paper's output limit (section 6.1): input length + 50 tokens.
 MAX_EXTRA_LEN = 50
@@ -84,7 +84,7 @@ def _for_beam_search(score_fn: decode.ScoreFn, pad_id: int) -> decode.ScoreFn:
 
 def _lm_score_fn(model, params) -> decode.ScoreFn:
   def score(tokens, cache):
-    logits, cache = model.apply(params, tokens[:, None], cache=cache)
+    logits, cache = model.apply(params, tokens[:, None], cache, method=model.decode_step)
     return logits[:, -1], cache
   return score
 
@@ -94,7 +94,7 @@ def _prefilled_lm_cache(model, params, prompt_tokens, max_length):
   batch_size, prompt_length = prompt_tokens.shape
   cache = model.init_cache(batch_size, max_length)
   if prompt_length > 1:
-    _, cache = model.apply(params, prompt_tokens[:, :-1], cache=cache)
+    _, cache = model.apply(params, prompt_tokens[:, :-1], cache, method=model.decode_step)
   return cache
 
 
@@ -103,7 +103,9 @@ def beam_cache(cache: dict[str, Any], beam_size: int) -> dict[str, Any]:
   whose keys and values never move (`follow_beams`): every beam starts from row b's
   copy, and `beam_slots` records which beam row holds each position of each beam."""
   batch_size, max_length = cache['valid'].shape
-  return {**decode.expand_to_beams(cache, beam_size),
+  repeat = lambda x, axis: jnp.repeat(x, beam_size, axis=axis)   # row b -> its beams
+  return {**cache, 'valid': repeat(cache['valid'], 0), 'key': repeat(cache['key'], 1),
+          'value': repeat(cache['value'], 1),   # [L, B * beam, ...]
           'beam_slots': jnp.zeros((batch_size, beam_size, max_length), jnp.int32)}
 
 
@@ -140,7 +142,6 @@ def generate(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_tokens:
   Returns:
     the new tokens [B, max_new_tokens] (eos included, pad 0 after it).
   """
-  model, params = unscanned(model, params)
   prompt_length = prompt_tokens.shape[1]
   # Slots for every fed token: the prompt, then all new tokens but the last.
   max_length = prompt_length + max_new_tokens - 1
@@ -161,7 +162,6 @@ def greedy_uncached(model, params, prompt_tokens: Int[Array, "B P"], *, max_new_
   (prompt, tokens so far, then pads, which are masked and causally invisible) and reads the
   logits of the last filled column. Same contract as `generate` with temperature 0.
   """
-  model, params = unscanned(model, params)
   # Left-padded rows without a cache: the dense mask of the einsum path (a fused kernel's
   # sequence lengths would assume right padding).
   model = model.clone(config=model.config.replace(attention_impl=None))
@@ -197,25 +197,23 @@ def _default_decode_len(model, src_tokens, max_decode_len):
   return max_decode_len
 
 
-def _translation_score_fn(model, params, src_tokens, cross) -> decode.ScoreFn:
-  """Decoder steps reading the cross-attention keys/values computed once (`cross`).
+def _translation_score_fn(model, params, memory) -> decode.ScoreFn:
+  """Decoder steps reading the source's cross-attention keys/values computed once.
 
-  `cross` stays out of the loop state: it is the same for every beam of a row, so it
-  needs no gathering when beams are reordered. For beam search, `src_tokens` and `cross`
-  keep their B rows: each source's beams read it together (`shared_memory_attention`).
+  `memory` stays out of the loop state: it is the same for every beam of a row, so it
+  needs no following when beams are reordered. For beam search it keeps its B rows: each
+  source's beams read it together (`shared_memory_attention`).
   """
   def score(tokens, cache):
-    logits, cache = model.apply(params, None, src_tokens, tokens[:, None],
-                                cache={**cache, 'cross': cross}, method=model.decode)
-    del cache['cross']
+    logits, cache = model.apply(params, tokens[:, None], cache, memory,
+                                method=model.decode_step)
     return logits[:, -1], cache
   return score
 
 
 def _encode(model, params, src_tokens):
-  """Runs the encoder once; returns each decoder layer's cross-attention keys/values."""
-  encoded = model.apply(params, src_tokens, method=model.encode)  # [B, S, D]
-  return model.apply(params, encoded, method=model.precompute_cross_attention)
+  """Runs the encoder once: the decoder layers' cross-attention keys/values."""
+  return model.apply(params, src_tokens, method=model.decoder_memory)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
@@ -232,12 +230,11 @@ def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
   Returns:
     target tokens [B, T] without bos (eos included, pad 0 after it).
   """
-  model, params = unscanned(model, params)
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  cross = _encode(model, params, src_tokens)
+  memory = _encode(model, params, src_tokens)
   cache = model.init_cache(src_tokens.shape[0], max_decode_len)
   first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
-  score = _for_sampling(_translation_score_fn(model, params, src_tokens, cross),
+  score = _for_sampling(_translation_score_fn(model, params, memory),
                         model.config.pad_id)
   return decode.sample_loop(score, cache, first,
                      num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
@@ -274,11 +271,10 @@ def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: i
     (log P / lp), best first; T = max_decode_len, default S + MAX_EXTRA_LEN capped at
     max_len.
   """
-  model, params = unscanned(model, params)
   max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
   batch_size = src_tokens.shape[0]
-  cross = _encode(model, params, src_tokens)
-  score = _for_beam_search(_translation_score_fn(model, params, src_tokens, cross),
+  memory = _encode(model, params, src_tokens)
+  score = _for_beam_search(_translation_score_fn(model, params, memory),
                            model.config.pad_id)
   stages = _beam_stages(max_decode_len)
   cache = beam_cache(model.init_cache(batch_size, stages[0] if stages else max_decode_len),

@@ -122,10 +122,10 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   """Masked self-attention, then (encoder-decoder only) cross-attention, then feed-forward.
 
-  With `cache` (this layer's {'key', 'value'}) and `cache_index`, the self-attention reads
-  and extends the cache and the layer returns `(x, cache)` (beam search's `beam_slots`: see
-  `MultiHeadAttention`). `cross_memory` (from `project_cross_memory(encoded)`) saves
-  re-projecting the encoder output every step.
+  `__call__` is training and scoring. `decode_step` is a cached decoding step: its
+  self-attention reads and extends the KV cache of every layer (this one's at `layer`;
+  see `MultiHeadAttention.decode_step`) and its cross-attention reads `cross_memory`,
+  which `project_cross_memory(encoded)` computed once.
   """
   config: ModelConfig
   with_cross_attention: bool = True
@@ -146,30 +146,36 @@ class DecoderLayer(nn.Module):
   def __call__(self, x: Float[Array, "B T D"], mask: AttentionMask | Array | None,
                positions: Int[Array, "B T"], deterministic: bool,
                encoded: Float[Array, "B S D"] | None = None,
-               cross_mask: AttentionMask | Array | None = None,
-               cache: dict[str, Array] | None = None,
-               cache_index: Int[Array, ""] | None = None,
-               cross_memory: dict[str, Array] | None = None,
-               beam_slots: Int[Array, "B W S"] | None = None):
-    def attend_self(h):
-      return self.self_attention(h, mask=mask, positions_q=positions, cache=cache,
-                                 cache_index=cache_index, beam_slots=beam_slots,
-                                 deterministic=deterministic)
-
-    x, new_cache = self.self_attention_block(x, attend_self, deterministic)
+               cross_mask: AttentionMask | Array | None = None) -> Float[Array, "B T D"]:
+    x, _ = self.self_attention_block(
+        x, lambda h: self.self_attention(h, mask=mask, positions_q=positions,
+                                         deterministic=deterministic), deterministic)
     if self.with_cross_attention:
-      if encoded is None and cross_memory is None:
+      if encoded is None:
         raise ValueError('this decoder layer has cross-attention: pass `encoded`')
       x, _ = self.cross_attention_block(
           x, lambda h: self.cross_attention(h, encoded, mask=cross_mask,
-                                            memory=cross_memory,
-                                            deterministic=deterministic,
-                                            fused=cache is None),   # decoding: einsum
-          deterministic)
+                                            deterministic=deterministic), deterministic)
     x, _ = self.mlp_block(x, self.mlp, deterministic)
-    if cache is not None:
-      return x, new_cache
     return x
+
+  def decode_step(self, x: Float[Array, "B T D"], cache: dict[str, Array],
+                  layer: int | Int[Array, ""], mask: Array, positions: Int[Array, "B T"],
+                  index: Int[Array, ""], cross_memory: dict[str, Array] | None = None,
+                  cross_mask: Array | None = None,
+                  beam_slots: Int[Array, "B W S"] | None = None
+                  ) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
+    x, cache = self.self_attention_block(
+        x, lambda h: self.self_attention.decode_step(
+            h, mask, positions_q=positions, cache=cache, layer=layer, index=index,
+            beam_slots=beam_slots), True)
+    if self.with_cross_attention:
+      if cross_memory is None:
+        raise ValueError('this decoder layer has cross-attention: pass its memory')
+      x, _ = self.cross_attention_block(
+          x, lambda h: self.cross_attention.attend_memory(h, cross_memory, cross_mask), True)
+    x, _ = self.mlp_block(x, self.mlp, True)
+    return x, cache
 
 
 class ScannedEncoderLayer(EncoderLayer):
@@ -180,7 +186,21 @@ class ScannedEncoderLayer(EncoderLayer):
 
 
 class ScannedDecoderLayer(DecoderLayer):
-  """`DecoderLayer` (without a KV cache) in the form that `nn.scan` iterates."""
+  """`DecoderLayer` in the forms that `nn.scan` iterates: (carry, ...) -> (carry, output).
+
+  Training carries x; a decoding step carries x, the KV cache of all layers and the
+  layer's number, and reads this layer's cross-attention memory from the stacked ones;
+  `project_cross_memory` stacks every layer's memory.
+  """
 
   def __call__(self, x, mask, positions, deterministic, encoded=None, cross_mask=None):
     return super().__call__(x, mask, positions, deterministic, encoded, cross_mask), None
+
+  def decode_step(self, carry, cross_memory, mask, positions, index, cross_mask, beam_slots):
+    x, cache, layer = carry
+    x, cache = super().decode_step(x, cache, layer, mask, positions, index, cross_memory,
+                                   cross_mask, beam_slots)
+    return (x, cache, layer + 1), None
+
+  def project_cross_memory(self, carry, encoded):
+    return carry, super().project_cross_memory(encoded)

@@ -12,21 +12,26 @@ Positions default to each token's index among its row's non-pad tokens, which is
 `arange(T)` for unpadded and right-padded rows and keeps left-padded prompts consistent.
 Packed rows pass `positions` and `segment_ids` explicitly.
 
-Decoding: `cache = model.init_cache(batch_size, max_length)`, then
-`logits, cache = model.apply(params, tokens, cache=cache, ...)` for a prompt (prefill,
-any length) and then one token at a time; training is the same code with `cache=None`.
-The encoder-decoder can also cache its cross-attention keys and values
-(`cache['cross'] = model.apply(params, encoded, method=model.precompute_cross_attention)`).
-Beam search adds `cache['beam_slots']` [B, W, S_max] to a cache of B * W rows: beams then
-read their history through it instead of the cache being reordered after every step
+Decoding has its own call, `decode_step`, beside the training and scoring one:
+`cache = model.init_cache(batch_size, max_length)`, then
+`logits, cache = model.apply(params, tokens, cache, method=model.decode_step)` for a
+prompt (prefill, any length) and then one token at a time. The cache is a plain pytree:
+the next slot to write (`index`), which slots hold real tokens (`valid` [B, S_max]), and
+every layer's keys [L, B, K, H, S_max] and values [L, B, K, S_max, H] stacked on a leading
+layers axis. The encoder-decoder's step also takes the source as every decoder layer's
+cross-attention keys and values, computed once
+(`memory = model.apply(params, inputs, method=model.decoder_memory)`). Beam search adds
+`cache['beam_slots']` [B, W, S_max] to a cache of B * W rows: beams then read their
+history through it instead of the cache being reordered after every step
 (`transformer.inference.beam_cache`).
 
 Deep models: `scan_layers=True` runs each stack as one `nn.scan` over its layers, whose
 parameters are stacked on a leading axis (logical name 'layers') under `layers` instead of
 `layer_0`, `layer_1`, ...; compile time then no longer grows with depth. `scan_params` and
-`unscan_params` convert parameter trees (and optimizer states) between the two layouts;
-cached decoding runs unscanned (`unscanned(model, params)`, which `transformer.inference`
-applies itself). `remat_policy` chooses what each layer keeps for the backward pass.
+`unscan_params` convert parameter trees (and optimizer states) between the two layouts.
+A scanned model decodes by scanning its layers over the stacked cache: one compiled layer
+step whatever the depth. `remat_policy` chooses what each layer keeps for the backward
+pass.
 """
 
 from __future__ import annotations
@@ -67,18 +72,17 @@ def example_inputs(model: nn.Module, length: int = 8) -> tuple[jax.Array, ...]:
 
 def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length: int,
                dtype: Any = None) -> Cache:
-  """An empty decoding cache: per-layer keys and values, which slots hold real tokens,
-  and the next slot to write."""
+  """An empty decoding cache: every layer's keys and values (stacked on a leading layers
+  axis), which slots hold real tokens, and the next slot to write."""
   k = config.resolved_num_kv_heads
   h = config.resolved_head_dim
   dtype = config.compute_dtype if dtype is None else dtype
   # Head-major: the layouts the attention products read in place (see MultiHeadAttention).
-  layer = lambda: {'key': jnp.zeros((batch_size, k, h, max_length), dtype),
-                   'value': jnp.zeros((batch_size, k, max_length, h), dtype)}
   return {
       'index': jnp.zeros((), jnp.int32),
       'valid': jnp.zeros((batch_size, max_length), jnp.bool_),
-      'layers': [layer() for _ in range(num_layers)],
+      'key': jnp.zeros((num_layers, batch_size, k, h, max_length), dtype),
+      'value': jnp.zeros((num_layers, batch_size, k, max_length, h), dtype),
   }
 
 
@@ -88,9 +92,8 @@ def grow_cache(cache: Cache, max_length: int) -> Cache:
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, max_length - x.shape[axis])
     return jnp.pad(x, widths)
-  grown = {**cache, 'valid': pad(cache['valid'], 1),
-           'layers': [{'key': pad(layer['key'], 3), 'value': pad(layer['value'], 2)}
-                      for layer in cache['layers']]}
+  grown = {**cache, 'valid': pad(cache['valid'], 1), 'key': pad(cache['key'], 4),
+           'value': pad(cache['value'], 3)}
   if 'beam_slots' in cache:
     grown['beam_slots'] = pad(cache['beam_slots'], 2)
   return grown
@@ -167,11 +170,17 @@ def _layer_stack(layer: type[nn.Module], scanned: type[nn.Module], config: Model
                    prevent_cse=not config.scan_layers)   # scan already keeps them apart
   if not config.scan_layers:
     return [cls(config, name=f'layer_{i}', **layer_fields) for i in range(num_layers)]
-  stack = nn.scan(cls, variable_axes={'params': 0, 'intermediates': 0},
-                  split_rngs={'params': True, 'dropout': True},   # each layer its own
-                  in_axes=nn.broadcast, length=num_layers,
-                  metadata_params={nn.PARTITION_NAME: 'layers'})
-  return stack(config, name='layers', **layer_fields)
+  scan = lambda in_axes: dict(
+      variable_axes={'params': 0, 'intermediates': 0},
+      split_rngs={'params': True, 'dropout': True},   # each layer its own
+      in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  methods = {'__call__': scan(nn.broadcast)}
+  if issubclass(layer, DecoderLayer):
+    # A decoding step carries the stacked cache through the layers (written in place) and
+    # reads each layer's slice of the stacked cross-attention memories.
+    methods['decode_step'] = scan((0,) + (nn.broadcast,) * 5)
+    methods['project_cross_memory'] = scan(nn.broadcast)
+  return nn.scan(cls, methods=methods)(config, name='layers', **layer_fields)
 
 
 def _run_stack(layers, x, *args):
@@ -244,61 +253,8 @@ class Decoder(nn.Module):
           'logits_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
           (cfg.resolved_target_vocab_size,), cfg.storage_dtype)
 
-  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
-               segment_ids: Int[Array, "B T"] | None = None,
-               encoded: Float[Array, "B S D"] | None = None,
-               encoder_tokens: Int[Array, "B S"] | None = None,
-               encoder_segment_ids: Int[Array, "B S"] | None = None,
-               cache: Cache | None = None, deterministic: bool = True):
+  def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
     cfg = self.config
-    pad_id = cfg.pad_id if cfg.mask_decoder_pad else -1   # -1: no token is padding
-    valid = tokens != pad_id
-    cross_mask = None
-    if self.cross_attention:
-      # Every target position reads the real source tokens (padded queries too, so that
-      # their outputs do not depend on the kernel).
-      cross_mask = attn.padding_attention_mask(valid, encoder_tokens != cfg.pad_id,
-                                               mask_queries=False)
-      if segment_ids is not None:
-        cross_mask = cross_mask & attn.make_segment_mask(segment_ids, encoder_segment_ids)
-
-    if cache is None:
-      if positions is None:
-        positions = default_positions(tokens, pad_id)
-      mask = attn.padding_attention_mask(valid, valid, causal=True, mask_queries=False)
-      if segment_ids is not None:
-        mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
-      index = None
-    else:
-      index = cache['index']
-      if positions is None:
-        positions = default_positions(tokens, pad_id, offset=cache['valid'].sum(-1))
-      key_valid = jax.lax.dynamic_update_slice(cache['valid'], valid, (0, index))
-      mask = (attn.make_causal_mask(tokens.shape[1], key_valid.shape[1], offset=index)
-              & key_valid[:, None, None, :])
-
-    x = self.embedder(tokens, positions, deterministic)
-    new_layer_caches = []
-    if cache is None:
-      x = _run_stack(self.layers, x, mask, positions, deterministic, encoded, cross_mask)
-    else:
-      if cfg.scan_layers:
-        raise ValueError('cached decoding runs the layers unscanned: decode with '
-                         '`transformer.models.unscanned(model, params)` (transformer.inference '
-                         'does it for you)')
-      cross = cache.get('cross')
-      beam_slots = cache.get('beam_slots')
-      if beam_slots is not None:
-        # Each beam writes its new tokens in its own rows (see `MultiHeadAttention`).
-        batch_size, width, _ = beam_slots.shape
-        own = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32)[None, :, None],
-                               (batch_size, width, tokens.shape[1]))
-        beam_slots = jax.lax.dynamic_update_slice(beam_slots, own, (0, 0, index))
-      for i, layer in enumerate(self.layers):
-        x, layer_cache = layer(x, mask, positions, deterministic, encoded, cross_mask,
-                               cache['layers'][i], index, None if cross is None else cross[i],
-                               beam_slots)
-        new_layer_caches.append(layer_cache)
     if cfg.pre_norm:
       x = self.final_norm(x)
     if cfg.tie_output:
@@ -307,20 +263,87 @@ class Decoder(nn.Module):
         logits = logits + self.logits_bias.astype(logits.dtype)
     else:
       logits = self.output_projection(x)
-    logits = logits.astype(jnp.float32)
-    if cache is None:
-      return logits
-    new_cache = {**cache, 'index': index + tokens.shape[1], 'valid': key_valid,
-                 'layers': new_layer_caches}
+    return logits.astype(jnp.float32)
+
+  def _pad_id(self) -> int:
+    return self.config.pad_id if self.config.mask_decoder_pad else -1   # -1: none is pad
+
+  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
+               segment_ids: Int[Array, "B T"] | None = None,
+               encoded: Float[Array, "B S D"] | None = None,
+               encoder_tokens: Int[Array, "B S"] | None = None,
+               encoder_segment_ids: Int[Array, "B S"] | None = None,
+               deterministic: bool = True) -> Float[Array, "B T V"]:
+    pad_id = self._pad_id()
+    valid = tokens != pad_id
+    cross_mask = None
+    if self.cross_attention:
+      # Every target position reads the real source tokens (padded queries too, so that
+      # their outputs do not depend on the kernel).
+      cross_mask = attn.padding_attention_mask(valid, encoder_tokens != self.config.pad_id,
+                                               mask_queries=False)
+      if segment_ids is not None:
+        cross_mask = cross_mask & attn.make_segment_mask(segment_ids, encoder_segment_ids)
+    if positions is None:
+      positions = default_positions(tokens, pad_id)
+    mask = attn.padding_attention_mask(valid, valid, causal=True, mask_queries=False)
+    if segment_ids is not None:
+      mask = mask & attn.make_segment_mask(segment_ids, segment_ids)
+    x = self.embedder(tokens, positions, deterministic)
+    x = _run_stack(self.layers, x, mask, positions, deterministic, encoded, cross_mask)
+    return self._logits(x)
+
+  def decode_step(self, tokens: Int[Array, "B T"], cache: Cache,
+                  positions: Int[Array, "B T"] | None = None,
+                  memory: dict[str, Array] | None = None
+                  ) -> tuple[Float[Array, "B T V"], Cache]:
+    """T new tokens' logits and the cache that holds them too (see the module docstring;
+    `memory` from `Transformer.decoder_memory`, for the encoder-decoder)."""
+    pad_id = self._pad_id()
+    index = cache['index']
+    valid = tokens != pad_id
+    if positions is None:
+      positions = default_positions(tokens, pad_id, offset=cache['valid'].sum(-1))
+    key_valid = jax.lax.dynamic_update_slice(cache['valid'], valid, (0, index))
+    mask = (attn.make_causal_mask(tokens.shape[1], key_valid.shape[1], offset=index)
+            & key_valid[:, None, None, :])
+    cross, cross_mask = None, None
+    if self.cross_attention:
+      if memory is None:
+        raise ValueError('the encoder-decoder decodes with its memory: pass `memory` '
+                         '(Transformer.decoder_memory)')
+      cross = {'key': memory['key'], 'value': memory['value']}
+      cross_mask = memory['valid'][:, None, None, :]   # [B, 1, 1, S]: a row's real tokens
+    beam_slots = cache.get('beam_slots')
+    if beam_slots is not None:
+      # Each beam writes its new tokens in its own rows (see `MultiHeadAttention`).
+      batch_size, width, _ = beam_slots.shape
+      own = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32)[None, :, None],
+                             (batch_size, width, tokens.shape[1]))
+      beam_slots = jax.lax.dynamic_update_slice(beam_slots, own, (0, 0, index))
+
+    x = self.embedder(tokens, positions, True)
+    kv = {'key': cache['key'], 'value': cache['value']}
+    if self.config.scan_layers:
+      (x, kv, _), _ = self.layers.decode_step((x, kv, jnp.zeros((), jnp.int32)), cross, mask,
+                                              positions, index, cross_mask, beam_slots)
+    else:
+      for i, layer in enumerate(self.layers):
+        layer_memory = None if cross is None else jax.tree.map(lambda m: m[i], cross)
+        x, kv = layer.decode_step(x, kv, i, mask, positions, index, layer_memory, cross_mask,
+                                  beam_slots)
+    new_cache = {**cache, **kv, 'index': index + tokens.shape[1], 'valid': key_valid}
     if beam_slots is not None:
       new_cache['beam_slots'] = beam_slots
-    return logits, new_cache
+    return self._logits(x), new_cache
 
-  def project_cross_memories(self, encoded: Float[Array, "B S D"]) -> list[dict[str, Array]]:
+  def cross_memory(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
+    """Every layer's cross-attention keys [L, B, K, H, S] and values [L, B, K, S, H]."""
     if self.config.scan_layers:
-      raise ValueError('cross-attention caching runs the layers unscanned: use '
-                       '`transformer.models.unscanned(model, params)`')
-    return [layer.project_cross_memory(encoded) for layer in self.layers]
+      _, memory = self.layers.project_cross_memory(None, encoded)
+      return memory
+    memories = [layer.project_cross_memory(encoded) for layer in self.layers]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
 
 
 def _no_token_types(config: ModelConfig, family: str) -> None:
@@ -355,20 +378,25 @@ class Transformer(nn.Module):
 
   def decode(self, encoded: Float[Array, "B S D"], inputs: Int[Array, "B S"],
              decoder_inputs: Int[Array, "B T"], *, decoder_positions=None,
-             decoder_segment_ids=None, inputs_segment_ids=None, cache: Cache | None = None,
-             deterministic: bool = True):
-    """Logits [B, T, V] (and the new cache when `cache` is given)."""
+             decoder_segment_ids=None, inputs_segment_ids=None,
+             deterministic: bool = True) -> Float[Array, "B T V"]:
+    """Teacher-forced logits [B, T, V] of the decoder over an encoded source."""
     return self.decoder(decoder_inputs, decoder_positions, decoder_segment_ids, encoded,
-                        inputs, inputs_segment_ids, cache, deterministic)
+                        inputs, inputs_segment_ids, deterministic)
 
-  def precompute_cross_attention(self, encoded: Float[Array, "B S D"]) -> list[dict]:
-    """Each decoder layer's cross-attention keys [B, K, H, S] and values [B, K, S, H] of
-    `encoded` (`MultiHeadAttention.project_memory`).
+  def decoder_memory(self, inputs: Int[Array, "B S"]) -> dict[str, Array]:
+    """The source as decoding reads it: encoded once, then every decoder layer's
+    cross-attention keys [L, B, K, H, S] and values [L, B, K, S, H]
+    (`MultiHeadAttention.project_memory`), and which source tokens are real (`valid`)."""
+    memory = self.decoder.cross_memory(self.encode(inputs))
+    return {**memory, 'valid': inputs != self.config.pad_id}
 
-    Put them in the decoding cache as `cache['cross']` and `decode` uses them instead of
-    re-projecting the encoder output at every step (then `encoded` may be None).
-    """
-    return self.decoder.project_cross_memories(encoded)
+  def decode_step(self, decoder_inputs: Int[Array, "B T"], cache: Cache,
+                  memory: dict[str, Array], *, decoder_positions=None
+                  ) -> tuple[Float[Array, "B T V"], Cache]:
+    """A cached decoding step (see the module docstring); `memory` from `decoder_memory`,
+    of B rows, or of B / W rows read by W beams each."""
+    return self.decoder.decode_step(decoder_inputs, cache, decoder_positions, memory)
 
   def __call__(self, inputs: Int[Array, "B S"], decoder_inputs: Int[Array, "B T"], *,
                inputs_positions=None, inputs_segment_ids=None, decoder_positions=None,
@@ -395,8 +423,13 @@ class DecoderLM(nn.Module):
                            cross_attention=False)
 
   def __call__(self, inputs: Int[Array, "B T"], *, positions=None, segment_ids=None,
-               cache: Cache | None = None, deterministic: bool = True):
-    return self.decoder(inputs, positions, segment_ids, cache=cache, deterministic=deterministic)
+               deterministic: bool = True) -> Float[Array, "B T V"]:
+    return self.decoder(inputs, positions, segment_ids, deterministic=deterministic)
+
+  def decode_step(self, tokens: Int[Array, "B T"], cache: Cache, *, positions=None
+                  ) -> tuple[Float[Array, "B T V"], Cache]:
+    """A cached decoding step (see the module docstring)."""
+    return self.decoder.decode_step(tokens, cache, positions)
 
   def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> Cache:
     return init_cache(self.config, self.config.num_layers, batch_size, max_length, dtype)
