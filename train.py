@@ -22,7 +22,6 @@ def main(argv):
   import jax
   from absl import flags, logging
 
-  from transformer.train import process
   from transformer.train.loop import train_and_evaluate
 
   if len(argv) > 1:
@@ -43,8 +42,7 @@ def main(argv):
   config = flags.FLAGS.config
   config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
   workdir = pathlib.Path(flags.FLAGS.workdir or pathlib.Path('runs') / config_path.stem)
-  process.setup(config)            # CPU devices and jax.distributed, before any device use
-  metrics = train_and_evaluate(config, workdir)
+  metrics = train_and_evaluate(config, workdir)   # sets up the process, checks the config
   if metrics:
     print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
 

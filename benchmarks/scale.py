@@ -10,8 +10,13 @@ under each remat policy and dtype. Prints two tables.
    tokens (4096 target tokens), scanned layers, for each remat policy in float32 and
    bfloat16 compute: the compiler's temporary buffers (activations kept for the backward
    pass and workspace), and the arguments (state and batch).
+3. Cached greedy decoding (`inference.generate`: prefill, then 32 new tokens per row, 4
+   rows of 8-token prompts) of the same LM at 12 and 48 layers, unrolled and scanned:
+   seconds to trace, lower and compile. A scanned model decodes by scanning its layers
+   over the stacked KV cache, so its program holds one layer step whatever the depth.
 
-    python benchmarks/scale.py [--depths 4 12 24 48] [--skip_memory] [--skip_compile]
+    python benchmarks/scale.py [--depths 4 12 24 48] [--decode_depths 12 48]
+                               [--skip_compile] [--skip_memory] [--skip_decode]
 """
 
 import argparse
@@ -60,6 +65,28 @@ def compile_child(layers: int, scan: bool) -> dict:
           'build_s': build_s}
 
 
+def decode_child(layers: int, scan: bool) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from transformer import inference
+  from transformer.config import ModelConfig
+  from transformer.models import DecoderLM
+
+  cfg = ModelConfig(vocab_size=8000, d_model=256, num_heads=4, mlp_dim=1024,
+                    num_layers=layers, max_len=128, pre_norm=True, position='rope',
+                    scan_layers=scan)
+  model = DecoderLM(cfg)
+  prompts = jax.ShapeDtypeStruct((4, 8), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), prompts)
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nn.meta.unbox(params))
+  start = time.perf_counter()
+  inference.generate.lower(model, params, prompts, max_new_tokens=32,
+                           temperature=0.0).compile()
+  return {'decode_s': time.perf_counter() - start}
+
+
 def memory_child(policy: str, dtype: str) -> dict:
   import jax
   from transformer import sharding
@@ -97,11 +124,14 @@ def main():
   parser.add_argument('--depths', type=int, nargs='+', default=[4, 12, 24, 48])
   parser.add_argument('--skip_compile', action='store_true')
   parser.add_argument('--skip_memory', action='store_true')
+  parser.add_argument('--decode_depths', type=int, nargs='+', default=[12, 48])
+  parser.add_argument('--skip_decode', action='store_true')
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     kind, *rest = json.loads(args.child)
-    print(json.dumps((compile_child if kind == 'compile' else memory_child)(*rest)))
+    children = {'compile': compile_child, 'memory': memory_child, 'decode': decode_child}
+    print(json.dumps(children[kind](*rest)))
     return
 
   import jax
@@ -130,6 +160,14 @@ def main():
               f'{baseline[dtype] / row["temp"]:>7.2f}x {row["arguments"] / 2**30:>14.2f}',
               flush=True)
     print(f'(parameters: {row["params"] / 1e6:.1f}M)')
+  if not args.skip_decode:
+    print('\nDecoderLM d_model 256, cached greedy decoding of 4 x (8 + 32) tokens: seconds '
+          'to compile')
+    print(f'{"layers":>6} {"unrolled":>9} {"scanned":>8} {"ratio":>6}')
+    for layers in args.decode_depths:
+      unrolled, scanned = child('decode', layers, False), child('decode', layers, True)
+      print(f'{layers:>6} {unrolled["decode_s"]:>9.1f} {scanned["decode_s"]:>8.1f} '
+            f'{scanned["decode_s"] / unrolled["decode_s"]:>6.2f}', flush=True)
 
 
 if __name__ == '__main__':

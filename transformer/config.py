@@ -2,7 +2,7 @@
 
 Its defaults are the paper's base model (Table 3) and the one source of model defaults:
 training configs (`transformer/train/defaults.py`) take theirs from these fields. Presets:
-`paper_base()` (65M parameters with a shared 37000-token vocabulary), `paper_big()` (213M)
+`paper_base()` (63.1M parameters with a shared 37000-token vocabulary), `paper_big()` (213M)
 and `tiny()`, two layers of width 64 for tests and laptops.
 """
 

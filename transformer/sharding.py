@@ -44,7 +44,8 @@ def make_mesh(shape: Mapping[str, int] | None = None,
 
   `shape` gives each axis's size; one axis may be -1 to take the remaining devices. With
   no -1, the mesh takes the first devices it needs.
-  Axes are Auto so that linen's sharding annotations apply (see STACK.md).
+  Axes are Auto so that linen's sharding annotations apply (`jax.make_mesh`'s default,
+  Explicit axes, makes `nn.Embed` raise a ShardingTypeError).
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = dict({'data': -1, 'fsdp': 1, 'tensor': 1}, **(shape or {}))
@@ -186,3 +187,14 @@ def unreplicate(tree: Any) -> Any:
       return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
     return np.asarray(x)[0]
   return jax.tree.map(first, tree)
+
+
+def abstract(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs of `tree`'s arrays carrying `shardings` (a matching tree of them;
+  default: each array's own): what `jit(...).lower`, Orbax's restore and `device_put` take
+  to place a state without holding one."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from transformer import models, sharding
+
 
 class Checkpointer:
   """A thin owner of an Orbax `CheckpointManager` under `workdir/checkpoints`."""
@@ -63,9 +65,28 @@ class Checkpointer:
                                               if math.isfinite(v)},
         force=force)
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+  def restore(self, step: int, abstract_state: Any, *, scan_layers: bool | None = None
+              ) -> tuple[Any, dict, dict]:
     """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with `.sharding`),
-    so a checkpoint written on one mesh or device count loads onto another."""
+    so a checkpoint written on one mesh or device count loads onto another.
+
+    `scan_layers`: the layout `abstract_state` has; a checkpoint whose model had the other
+    one (its saved config says) is converted (`models.scan_params` / `unscan_params`).
+    """
+    saved_scanned = bool(self.restore_config(step).get('model', {}).get('scan_layers', False))
+    if scan_layers is not None and saved_scanned != scan_layers:
+      convert = models.unscan_params if saved_scanned else models.scan_params
+      back = models.scan_params if saved_scanned else models.unscan_params
+      shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+      mesh = jax.tree.leaves(shardings)[0].mesh
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      saved_layout = jax.tree.map(lambda x: replicated, jax.eval_shape(back, abstract_state))
+      state, data, config = self._restore(step, sharding.abstract(
+          jax.eval_shape(back, abstract_state), saved_layout))
+      return jax.device_put(convert(state), shardings), data, config
+    return self._restore(step, abstract_state)
+
+  def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                       data=ocp.args.JsonRestore(),
@@ -97,9 +118,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
-
-
-def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying the shardings that a restore should produce."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)

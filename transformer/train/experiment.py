@@ -1,12 +1,16 @@
 """The experiment builder: a training config -> everything a run is made of.
 
-    experiment = build(config, workdir)        # data, model, optimizer, state shapes
+    checked = check_config(config)             # task, model config, schedule, mesh
+    experiment = build(checked, workdir)       # data, model, optimizer, state shapes
     Trainer(experiment).run()                  # transformer.train.loop
 
-`build` is the one place where a config becomes a `ModelConfig`, a model, a learning-rate
-schedule and an optimizer, the abstract train state with its shardings on the mesh, and
-the pure train and eval steps bound to the task. The trainer, `transformer.train.trained_run`
-(the command line), the benchmarks and the notebooks all use it.
+`check_config` is the one place where a config is checked (before any workdir is touched)
+and becomes a task, a `ModelConfig`, a learning-rate schedule and a mesh; `build` makes
+the rest from those pieces: the data, the model and optimizer, the abstract train state
+with its shardings on the mesh, and the pure train and eval steps bound to the task.
+`build` also takes a config and checks it itself. The trainer,
+`transformer.train.trained_run` (the command line), the benchmarks and the notebooks all
+use it.
 """
 
 from __future__ import annotations
@@ -50,24 +54,40 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     raise ConfigError(f'config.model: {error}') from error
 
 
-def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Mesh:
+@dataclasses.dataclass(frozen=True)
+class CheckedConfig:
+  """What `check_config` found the config to mean; `build` starts from it."""
+
+  config: ml_collections.ConfigDict
+  task: Task
+  model_config: ModelConfig    # vocab_size as configured (None: the tokenizer's)
+  schedule: optax.Schedule
+  mesh: Mesh
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+                 ) -> CheckedConfig:
   """Checks what can be checked without data (the task, the model, the schedule, the
-  strategy, the mesh and the batch sizes) and returns the mesh; raises `ConfigError`
-  naming the field. `train.py` calls it before it creates or touches the workdir."""
-  get_task(config.task)
+  strategy, the mesh and the batch sizes) and returns the pieces made on the way; raises
+  `ConfigError` naming the field. `train_and_evaluate` calls it before it creates or
+  touches the workdir."""
+  task = get_task(config.task)
   if config.parallelism not in STRATEGIES:
     raise ConfigError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
                       f'{config.parallelism!r}')
+  # A vocabulary of 1 stands in for the tokenizer's while the other fields are checked.
   cfg = model_config(config, config.model.vocab_size or 1)
   if cfg.param_dtype != 'float32':
     raise ConfigError(
         f"model.param_dtype={cfg.param_dtype!r}: training keeps float32 parameters and "
         "optimizer state (Adam's updates are below bfloat16's precision); set "
         "model.dtype='bfloat16' for bfloat16 compute")
-  optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
   mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
   check_batches(config, mesh)
-  return mesh
+  return CheckedConfig(config=config, task=task,
+                       model_config=cfg.replace(vocab_size=config.model.vocab_size),
+                       schedule=schedule, mesh=mesh)
 
 
 def check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -131,19 +151,21 @@ def state_initializer(model: nn.Module, task: Task, tx: optax.GradientTransforma
   return init
 
 
-def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None, *,
+def build(config: ml_collections.ConfigDict | CheckedConfig,
+          workdir: str | pathlib.Path | None = None, *,
           vocab_size: int | None = None, mesh: Mesh | None = None) -> Experiment:
-  """Builds a run's pieces from its config.
+  """Builds a run's pieces from its checked config.
 
   Args:
-    config: a training config (`transformer.train.defaults.base_config()` and changes).
+    config: `check_config`'s result, or a training config
+      (`transformer.train.defaults.base_config()` and changes), which is checked here.
     workdir: the run folder; with it, the data are built (or reloaded) there and the model's
       vocabulary is the tokenizer's. Without it, no data: give `vocab_size` when the config
       leaves the model's vocabulary to the tokenizer (benchmarks, restoring a run).
-    mesh: default: `config.mesh` over all devices.
+    mesh: default: `config.mesh` over all devices (for a config not yet checked).
   """
-  task = get_task(config.task)
-  mesh = check_config(config, mesh)
+  checked = config if isinstance(config, CheckedConfig) else check_config(config, mesh)
+  config, task = checked.config, checked.task
   datasets = None
   if workdir is not None:
     datasets = get_datasets(
@@ -151,21 +173,22 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None 
         global_batch_size=config.train.batch_size, seed=config.seed,
         eval_batch_size=config.train.eval_batch_size or None)
     vocab_size = datasets.vocab_size
-  cfg = model_config(config, vocab_size)
-  if cfg.vocab_size is None:
+  vocab_size = vocab_size or checked.model_config.vocab_size
+  if vocab_size is None:
     raise ConfigError('config.model.vocab_size is None (the tokenizer\'s), but no data were '
-                     'built: pass workdir= or vocab_size=')
+                      'built: pass workdir= or vocab_size=')
+  cfg = checked.model_config.replace(vocab_size=vocab_size)
   model = task.model_class(cfg)
-  schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  schedule = checked.schedule
   tx = optimizer_lib.make_optimizer(config.optim, schedule)
 
   # The model is traced once: the jaxpr gives the state's shapes (and so its shardings),
   # and the jitted initializer replays it rather than tracing the model a second time.
   init_jaxpr, boxed = jax.make_jaxpr(state_initializer(model, task, tx),
                                      return_shape=True)(jax.random.PRNGKey(0))
+  mesh = checked.mesh
   state_sharding = sharding.state_shardings(boxed, mesh)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), state_sharding)
+  abstract = sharding.abstract(nn.meta.unbox(boxed), state_sharding)
   boxed_tree = jax.tree.structure(boxed)
   init_state = jax.jit(
       lambda rng: nn.meta.unbox(jax.tree.unflatten(boxed_tree, jaxpr_as_fun(init_jaxpr)(rng))),

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
-from transformer import models
+from transformer import sharding
 from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
@@ -177,15 +177,14 @@ class Trainer:
     the executables in jit's (or pmap's) cache: the inputs here are shaped and placed like
     the real ones.
     """
-    like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     datasets = self.experiment.datasets
     # Shapes only: a throwaway iterator.
-    train_input = jax.tree.map(
-        like, self._next_train_input(datasets.train_iter(), self.steps_per_call))
+    train_input = sharding.abstract(
+        self._next_train_input(datasets.train_iter(), self.steps_per_call))
     eval_input = None
     if 'valid' in datasets.splits:
-      eval_input = jax.tree.map(
-          like, self.strategy.put_batch(next(iter(datasets.eval_batches('valid')))))
+      eval_input = sharding.abstract(
+          self.strategy.put_batch(next(iter(datasets.eval_batches('valid')))))
     state = self.strategy.abstract_state(self.experiment.abstract_state)
 
     def compile_steps():
@@ -197,31 +196,15 @@ class Trainer:
     pool.shutdown(wait=False)
     return future
 
-  def _restore(self, step: int):
-    """(state, data iterator state) of checkpoint `step`, in this run's layout even when
-    the checkpoint's layers were scanned and this run's are not (or the reverse)."""
-    abstract = self.experiment.abstract_state
-    saved = self.checkpointer.restore_config(step)
-    saved_scanned = bool(saved.get('model', {}).get('scan_layers', False))
-    if saved_scanned == self.experiment.model_config.scan_layers:
-      state, data_state, _ = self.checkpointer.restore(step, abstract)
-      return state, data_state
-    convert = models.unscan_params if saved_scanned else models.scan_params
-    back = models.scan_params if saved_scanned else models.unscan_params
-    replicated = jax.sharding.NamedSharding(self.experiment.mesh, jax.sharding.PartitionSpec())
-    saved_layout = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(back, abstract))
-    state, data_state, _ = self.checkpointer.restore(step, saved_layout)
-    return jax.device_put(convert(state), self.experiment.state_sharding), data_state
-
   def restore_or_init(self):
     """(state in the strategy's layout, data iterator, the restored step or None), from the
     newest checkpoint that restores; a damaged one is reported and moved aside."""
     iterator = self.experiment.datasets.train_iter()
     for step in reversed(self.checkpointer.all_steps()):
       try:
-        state, data_state = self._restore(step)
+        state, data_state, _ = self.checkpointer.restore(
+            step, self.experiment.abstract_state,
+            scan_layers=self.experiment.model_config.scan_layers)
       except Exception as error:   # a damaged checkpoint: files lost or truncated
         reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}'
         where = self.checkpointer.quarantine(step) if self.is_main else 'aside'
@@ -390,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """What `train.py` does: set up the process, take the workdir's lock, refuse to resume
   a different model, build the experiment and run it. Returns the final evaluation."""
   process.setup(config)
-  mesh = experiment_lib.check_config(config)   # before the workdir is created or touched
+  checked = experiment_lib.check_config(config)   # before the workdir is created or touched
   workdir = pathlib.Path(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           check_resume(config, saved, workdir, step)
           break
         checkpointer.close()
-      trainer = Trainer(experiment_lib.build(config, workdir, mesh=mesh))
+      trainer = Trainer(experiment_lib.build(checked, workdir))
       return trainer.run()
   except UserError:
     # A run that could not start leaves no folder behind it (one it created, that is).

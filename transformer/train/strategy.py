@@ -3,7 +3,8 @@
 Both strategies have one interface, so the loop and the evaluator never ask which one
 they hold:
 
-    strategy = make_strategy(config.parallelism, experiment, train_fn, eval_fn, steps_per_call)
+    strategy = make_strategy(config.parallelism, mesh, state_sharding, train_fn, eval_fn,
+                             steps_per_call)
     state = strategy.put_state(state)                 # the devices' layout of a host state
     state, metrics = strategy.train(state, strategy.put_batch(batch))
     sums = strategy.eval(state.params, strategy.put_batch(eval_batch))
@@ -24,7 +25,6 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from transformer import sharding
-from transformer.errors import ConfigError
 from transformer.train.step import scan_steps
 
 
@@ -103,9 +103,5 @@ STRATEGIES = {'jit': JitStrategy, 'pmap': PmapStrategy}
 
 def make_strategy(name: str, mesh: Mesh, state_sharding: Any, train_fn: Callable,
                   eval_fn: Callable, steps_per_call: int = 1):
-  try:
-    cls = STRATEGIES[name]
-  except KeyError:
-    raise ConfigError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
-                     f'{name!r}') from None
-  return cls(mesh, state_sharding, train_fn, eval_fn, steps_per_call)
+  """The strategy `config.parallelism` names (a name `experiment.check_config` checked)."""
+  return STRATEGIES[name](mesh, state_sharding, train_fn, eval_fn, steps_per_call)
