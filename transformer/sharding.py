@@ -188,13 +188,3 @@ def unreplicate(tree: Any) -> Any:
     return np.asarray(x)[0]
   return jax.tree.map(first, tree)
 
-
-def abstract(tree: Any, shardings: Any = None) -> Any:
-  """ShapeDtypeStructs of `tree`'s arrays carrying `shardings` (a matching tree of them;
-  default: each array's own): what `jit(...).lower`, Orbax's restore and `device_put` take
-  to place a state without holding one."""
-  if shardings is None:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)

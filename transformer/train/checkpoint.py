@@ -21,7 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from transformer import models, sharding
+from transformer import models
+from transformer.train import strategy as strategy_lib
 
 
 class Checkpointer:
@@ -81,7 +82,7 @@ class Checkpointer:
       mesh = jax.tree.leaves(shardings)[0].mesh
       replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
       saved_layout = jax.tree.map(lambda x: replicated, jax.eval_shape(back, abstract_state))
-      state, data, config = self._restore(step, sharding.abstract(
+      state, data, config = self._restore(step, strategy_lib.abstract(
           jax.eval_shape(back, abstract_state), saved_layout))
       return jax.device_put(convert(state), shardings), data, config
     return self._restore(step, abstract_state)

@@ -35,6 +35,7 @@ from transformer.errors import ConfigError
 from transformer.tasks import Task, get_task
 from transformer.train import optimizer as optimizer_lib
 from transformer.train import step as step_lib
+from transformer.train import strategy as strategy_lib
 from transformer.train.strategy import STRATEGIES
 
 
@@ -71,7 +72,6 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None
   strategy, the mesh and the batch sizes) and returns the pieces made on the way; raises
   `ConfigError` naming the field. `train_and_evaluate` calls it before it creates or
   touches the workdir."""
-  task = get_task(config.task)
   if config.parallelism not in STRATEGIES:
     raise ConfigError(f'config.parallelism must be one of {sorted(STRATEGIES)}, not '
                       f'{config.parallelism!r}')
@@ -83,6 +83,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         "optimizer state (Adam's updates are below bfloat16's precision); set "
         "model.dtype='bfloat16' for bfloat16 compute")
   schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  task = get_task(config.task)
   mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
   check_batches(config, mesh)
   return CheckedConfig(config=config, task=task,
@@ -166,6 +167,8 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
   """
   checked = config if isinstance(config, CheckedConfig) else check_config(config, mesh)
   config, task = checked.config, checked.task
+  schedule = checked.schedule
+  tx = optimizer_lib.make_optimizer(config.optim, schedule)
   datasets = None
   if workdir is not None:
     datasets = get_datasets(
@@ -179,8 +182,6 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
                       'built: pass workdir= or vocab_size=')
   cfg = checked.model_config.replace(vocab_size=vocab_size)
   model = task.model_class(cfg)
-  schedule = checked.schedule
-  tx = optimizer_lib.make_optimizer(config.optim, schedule)
 
   # The model is traced once: the jaxpr gives the state's shapes (and so its shardings),
   # and the jitted initializer replays it rather than tracing the model a second time.
@@ -188,7 +189,7 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
                                      return_shape=True)(jax.random.PRNGKey(0))
   mesh = checked.mesh
   state_sharding = sharding.state_shardings(boxed, mesh)
-  abstract = sharding.abstract(nn.meta.unbox(boxed), state_sharding)
+  abstract = strategy_lib.abstract(nn.meta.unbox(boxed), state_sharding)
   boxed_tree = jax.tree.structure(boxed)
   init_state = jax.jit(
       lambda rng: nn.meta.unbox(jax.tree.unflatten(boxed_tree, jaxpr_as_fun(init_jaxpr)(rng))),

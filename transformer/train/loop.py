@@ -28,13 +28,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
-from transformer import sharding
 from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
 from transformer.train import process
 from transformer.train.evaluation import Evaluator
+from transformer.train import strategy as strategy_lib
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
 
@@ -179,11 +179,11 @@ class Trainer:
     """
     datasets = self.experiment.datasets
     # Shapes only: a throwaway iterator.
-    train_input = sharding.abstract(
+    train_input = strategy_lib.abstract(
         self._next_train_input(datasets.train_iter(), self.steps_per_call))
     eval_input = None
     if 'valid' in datasets.splits:
-      eval_input = sharding.abstract(
+      eval_input = strategy_lib.abstract(
           self.strategy.put_batch(next(iter(datasets.eval_batches('valid')))))
     state = self.strategy.abstract_state(self.experiment.abstract_state)
 

@@ -105,3 +105,13 @@ def make_strategy(name: str, mesh: Mesh, state_sharding: Any, train_fn: Callable
                   eval_fn: Callable, steps_per_call: int = 1):
   """The strategy `config.parallelism` names (a name `experiment.check_config` checked)."""
   return STRATEGIES[name](mesh, state_sharding, train_fn, eval_fn, steps_per_call)
+
+def abstract(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs of `tree`'s arrays carrying `shardings` (a matching tree of them;
+  default: each array's own): what `jit(...).lower`, Orbax's restore and `device_put` take
+  to place a state without holding one."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
