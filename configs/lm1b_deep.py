@@ -5,8 +5,8 @@ Llama-style blocks (pre-RMSNorm, RoPE, SwiGLU, no biases), d_model 1024, 16 head
 SentencePiece vocabulary of 32000 with tied embeddings: 341.1M parameters. Built for
 accelerators: scanned layers (compile time independent of depth), bfloat16 compute with
 float32 parameters and optimizer state (3.8 GiB with Adam's moments), full remat (each
-layer keeps only its input: XLA's buffer assignment puts the step's temporaries at 15 GiB
-for 128 packed rows of 256 tokens, against 45 GiB keeping the projections' outputs), and
+layer keeps only its input; the step's memory under each policy is in
+`benchmarks/RESULTS.md`, "Deep models"), and
 `attention_impl='auto'`: cuDNN's fused attention on NVIDIA GPUs where the mask allows
 (padding-only evaluation batches), the einsum path for packed training rows and on other
 backends. Needs the TFDS download.

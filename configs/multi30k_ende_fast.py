@@ -9,11 +9,7 @@ post-LN model's early spikes, and a checkpoint every 100 steps so that the last 
 be averaged (`python -m transformer evaluate ... --average_last 5`). BLEU on 200
 validation sentences every 600 steps.
 
-Measured on a 2-core AMD EPYC (one run each, from an empty workdir, 38.8 / 39.8 min):
-validation BLEU at steps 600 / 1200 / 1800 of 26.2 / 35.1 / 40.3 with a peak of 3e-3,
-27.0 / 36.1 / 38.1 with 2e-3 (chosen on the validation set); test BLEU, the last five
-checkpoints averaged, 37.6 (37.8 for 2e-3), short of the 39.1 that `multi30k_ende.py`
-reaches in 3000 steps.
+Measured results: `benchmarks/RESULTS.md`, "Multi30k in 40 minutes".
 """
 
 import pathlib

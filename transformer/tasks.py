@@ -97,8 +97,8 @@ class Task:
     """Metrics that need decoding (BLEU); `limit` examples (0: all)."""
     return {}
 
-  def examples(self, model, params, datasets, count: int) -> list[str]:
-    """A few printable examples of what the model does, for the end of a run."""
+  def sample_outputs(self, model, params, datasets, count: int) -> list[str]:
+    """A few printable outputs of the model on validation inputs, for the end of a run."""
     return []
 
 
@@ -173,7 +173,7 @@ class Translation(Task):
         max_extra_len=settings.max_extra_len)
     return {'bleu': corpus_bleu(hypotheses, references[:limit])}
 
-  def examples(self, model, params, datasets, count):
+  def sample_outputs(self, model, params, datasets, count):
     texts = datasets.texts('valid')
     sources, references = texts['source'][:count], texts['target'][:count]
     hypotheses = inference.translate_texts(model, {'params': params}, datasets.tokenizer,
@@ -225,7 +225,7 @@ class LanguageModel(Task):
                + 2 * cfg.d_model * cfg.vocab_size)
     return 3.0 * forward
 
-  def examples(self, model, params, datasets, count):
+  def sample_outputs(self, model, params, datasets, count):
     batch = next(iter(datasets.eval_batches('valid')))
     prompt = datasets.tokenizer.decode(batch['inputs'][0, :16].tolist())
     # One context's worth: a single compiled generation loop.

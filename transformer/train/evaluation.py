@@ -77,11 +77,11 @@ class Evaluator:
       return multihost_utils.process_allgather(params, tiled=True)
     return params
 
-  def examples(self, params: Any, count: int) -> list[str]:
-    """The task's printable examples (on process 0; [] elsewhere)."""
+  def sample_outputs(self, params: Any, count: int) -> list[str]:
+    """The task's printable sample outputs (on process 0; [] elsewhere)."""
     if not count:
       return []
     params = self.host_params(params)
     if jax.process_index() != 0:
       return []
-    return self.task.examples(self.model, params, self.datasets, count)
+    return self.task.sample_outputs(self.model, params, self.datasets, count)

@@ -274,7 +274,7 @@ class Trainer:
                                            task.sequence_lengths(self.config.data))
     # While the steps compile: the end-of-run examples, from the initial parameters, so that
     # their decoding loop is compiled by the end.
-    self.evaluator.examples(state.params, cfg.num_examples_to_show)
+    self.evaluator.sample_outputs(state.params, cfg.num_examples_to_show)
     compiling.result()   # before the peak is measured: nothing else may run then
     peak, peak_source = metrics_lib.device_peak_flops()
     throughput = metrics_lib.Throughput(flops_per_token, peak * jax.device_count())
@@ -313,7 +313,7 @@ class Trainer:
       logging.warning('SIGTERM: saved step %d and stopped', step)
       self._say(f'preempted: checkpoint saved at step {step}')
       return eval_metrics
-    for line in self.evaluator.examples(state.params, cfg.num_examples_to_show):
+    for line in self.evaluator.sample_outputs(state.params, cfg.num_examples_to_show):
       self._say(line)
     return eval_metrics
 
