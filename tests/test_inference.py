@@ -235,8 +235,8 @@ def test_beams_reading_a_fixed_cache_through_slots_match_beams_gathering_it(
   eos, beam, length = int(translated_greedy[0, 2]), 3, 9
   memory = inference._encode(model, params, sources)
   first = jnp.full((sources.shape[0],), BOS_ID, jnp.int32)
-  # Our arrays' batch axes: the stacked layers come first in keys and values.
-  batch_axis = lambda path: 1 if path[-1].key in ('key', 'value') else 0
+  # Our arrays' batch axes: keys and values count theirs from the end.
+  batch_axis = lambda path: -4 if path[0].key in ('key', 'value') else 0
   repeat = lambda tree: jax.tree_util.tree_map_with_path(
       lambda path, x: x if x.ndim == 0 else jnp.repeat(x, beam, batch_axis(path)), tree)
 

@@ -360,10 +360,10 @@ class MultiHeadAttention(nn.Module):
 
   `__call__` is training and scoring; decoding has two calls of its own:
 
-  - `decode_step`: self-attention over a KV cache that holds every layer's keys
-    [L, B, K, H, S_max] and values [L, B, K, S_max, H] (head-major: the layouts the
-    attention products read in place); this layer's are at `layer`. The new tokens' keys
-    and values are written at `index` and the cache is returned. Beam search may pass
+  - `decode_step`: self-attention over this layer's KV cache, keys [B, K, H, S_max] and
+    values [B, K, S_max, H] (head-major: the layouts the attention products read in
+    place). The new tokens' keys and values are written at `index` and the cache is
+    returned. Beam search may pass
     `beam_slots` [B, W, S_max]: the cache rows are then beams whose keys and values stay
     where they were written, and each beam reads its history through its slots
     (`beam_slot_attention`).
@@ -474,33 +474,28 @@ class MultiHeadAttention(nn.Module):
                   *,
                   positions_q: Int[Array, "B T"] | None,
                   cache: dict[str, Array],
-                  layer: int | Int[Array, ""],
                   index: Int[Array, ""],
                   beam_slots: Int[Array, "B W S"] | None = None
                   ) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
     """Cached self-attention of T new tokens (a prompt, or one token per step).
 
-    `cache` holds every layer's keys [L, B, K, H, S_max] and values [L, B, K, S_max, H];
-    the new tokens' keys and values go to this `layer`'s slots `index` .. `index + T - 1`,
-    in place, and `mask` covers all S_max slots. Always the einsum path: a decoding step
-    has one query, and the slot table's reads are ours. No dropout.
+    `cache` holds this layer's keys [B, K, H, S_max] and values [B, K, S_max, H]; the new
+    tokens' keys and values are written at slots `index` .. `index + T - 1` and the
+    updated cache is returned; `mask` covers all S_max slots. Always the einsum path: a
+    decoding step has one query, and the slot table's reads are ours. No dropout.
     """
     query = self._query(inputs_q, positions_q)
     new = to_cache_layout(self.project_key_value(inputs_q, positions_q))
     index = jnp.asarray(index, jnp.int32)
-    layer = jnp.asarray(layer, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
     cache = {
         'key': jax.lax.dynamic_update_slice(
-            cache['key'], new['key'][None].astype(cache['key'].dtype),
-            (layer, zero, zero, zero, index)),
+            cache['key'], new['key'].astype(cache['key'].dtype), (zero, zero, zero, index)),
         'value': jax.lax.dynamic_update_slice(
-            cache['value'], new['value'][None].astype(cache['value'].dtype),
-            (layer, zero, zero, index, zero)),
+            cache['value'], new['value'].astype(cache['value'].dtype),
+            (zero, zero, index, zero)),
     }
-    keys = jax.lax.dynamic_index_in_dim(cache['key'], layer, keepdims=False).astype(self.dtype)
-    values = jax.lax.dynamic_index_in_dim(cache['value'], layer, keepdims=False
-                                          ).astype(self.dtype)
+    keys, values = cache['key'].astype(self.dtype), cache['value'].astype(self.dtype)
     if beam_slots is not None:
       out = beam_slot_attention(query, keys, values, beam_slots, mask)
     else:

@@ -103,9 +103,10 @@ def beam_cache(cache: dict[str, Any], beam_size: int) -> dict[str, Any]:
   whose keys and values never move (`follow_beams`): every beam starts from row b's
   copy, and `beam_slots` records which beam row holds each position of each beam."""
   batch_size, max_length = cache['valid'].shape
-  repeat = lambda x, axis: jnp.repeat(x, beam_size, axis=axis)   # row b -> its beams
-  return {**cache, 'valid': repeat(cache['valid'], 0), 'key': repeat(cache['key'], 1),
-          'value': repeat(cache['value'], 1),   # [L, B * beam, ...]
+  # Row b -> its beams; keys [..., B, K, H, S] and values [..., B, K, S, H], stacked or not.
+  repeat = lambda tree, axis: jax.tree.map(lambda x: jnp.repeat(x, beam_size, axis), tree)
+  return {**cache, 'valid': repeat(cache['valid'], 0), 'key': repeat(cache['key'], -4),
+          'value': repeat(cache['value'], -4),
           'beam_slots': jnp.zeros((batch_size, beam_size, max_length), jnp.int32)}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jaxtyping import Array, Float, Int
@@ -123,9 +124,9 @@ class DecoderLayer(nn.Module):
   """Masked self-attention, then (encoder-decoder only) cross-attention, then feed-forward.
 
   `__call__` is training and scoring. `decode_step` is a cached decoding step: its
-  self-attention reads and extends the KV cache of every layer (this one's at `layer`;
-  see `MultiHeadAttention.decode_step`) and its cross-attention reads `cross_memory`,
-  which `project_cross_memory(encoded)` computed once.
+  self-attention reads and extends this layer's KV cache (`MultiHeadAttention.decode_step`)
+  and its cross-attention reads `cross_memory`, which `project_cross_memory(encoded)`
+  computed once.
   """
   config: ModelConfig
   with_cross_attention: bool = True
@@ -159,16 +160,16 @@ class DecoderLayer(nn.Module):
     x, _ = self.mlp_block(x, self.mlp, deterministic)
     return x
 
-  def decode_step(self, x: Float[Array, "B T D"], cache: dict[str, Array],
-                  layer: int | Int[Array, ""], mask: Array, positions: Int[Array, "B T"],
-                  index: Int[Array, ""], cross_memory: dict[str, Array] | None = None,
+  def decode_step(self, x: Float[Array, "B T D"], cache: dict[str, Array], mask: Array,
+                  positions: Int[Array, "B T"], index: Int[Array, ""],
+                  cross_memory: dict[str, Array] | None = None,
                   cross_mask: Array | None = None,
                   beam_slots: Int[Array, "B W S"] | None = None
                   ) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
     x, cache = self.self_attention_block(
         x, lambda h: self.self_attention.decode_step(
-            h, mask, positions_q=positions, cache=cache, layer=layer, index=index,
-            beam_slots=beam_slots), True)
+            h, mask, positions_q=positions, cache=cache, index=index, beam_slots=beam_slots),
+        True)
     if self.with_cross_attention:
       if cross_memory is None:
         raise ValueError('this decoder layer has cross-attention: pass its memory')
@@ -188,8 +189,9 @@ class ScannedEncoderLayer(EncoderLayer):
 class ScannedDecoderLayer(DecoderLayer):
   """`DecoderLayer` in the forms that `nn.scan` iterates: (carry, ...) -> (carry, output).
 
-  Training carries x; a decoding step carries x, the KV cache of all layers and the
-  layer's number, and reads this layer's cross-attention memory from the stacked ones;
+  Training carries x; a decoding step carries x, the KV cache of all layers (stacked on
+  a leading layers axis, so that each layer's slots are written in place) and the layer's
+  number, and reads this layer's cross-attention memory from the stacked ones;
   `project_cross_memory` stacks every layer's memory.
   """
 
@@ -197,10 +199,14 @@ class ScannedDecoderLayer(DecoderLayer):
     return super().__call__(x, mask, positions, deterministic, encoded, cross_mask), None
 
   def decode_step(self, carry, cross_memory, mask, positions, index, cross_mask, beam_slots):
-    x, cache, layer = carry
-    x, cache = super().decode_step(x, cache, layer, mask, positions, index, cross_memory,
-                                   cross_mask, beam_slots)
-    return (x, cache, layer + 1), None
+    x, stacked, layer = carry
+    own = jax.tree.map(lambda c: jax.lax.dynamic_index_in_dim(c, layer, keepdims=False),
+                       stacked)
+    x, own = super().decode_step(x, own, mask, positions, index, cross_memory, cross_mask,
+                                 beam_slots)
+    stacked = jax.tree.map(lambda c, o: jax.lax.dynamic_update_index_in_dim(c, o, layer, 0),
+                           stacked, own)
+    return (x, stacked, layer + 1), None
 
   def project_cross_memory(self, carry, encoded):
     return carry, super().project_cross_memory(encoded)

@@ -17,9 +17,13 @@ Decoding has its own call, `decode_step`, beside the training and scoring one:
 `logits, cache = model.apply(params, tokens, cache, method=model.decode_step)` for a
 prompt (prefill, any length) and then one token at a time. The cache is a plain pytree:
 the next slot to write (`index`), which slots hold real tokens (`valid` [B, S_max]), and
-every layer's keys [L, B, K, H, S_max] and values [L, B, K, S_max, H] stacked on a leading
-layers axis. The encoder-decoder's step also takes the source as every decoder layer's
-cross-attention keys and values, computed once
+every layer's keys [B, K, H, S_max] and values [B, K, S_max, H] (`key`, `value`). A model
+with scanned layers keeps them stacked on a leading layers axis ([L, B, K, H, S_max]) and
+decodes by scanning over them; an unrolled one keeps one array per layer (a tuple), which
+its step writes and reads in place (a layer's slice of a stacked array is copied at every
+step: beam search ran 1.5x slower so). Axes are counted from the end, so code that pads
+or repeats a cache serves both. The encoder-decoder's step also takes the source as every
+decoder layer's cross-attention keys and values (laid out likewise), computed once
 (`memory = model.apply(params, inputs, method=model.decoder_memory)`). Beam search adds
 `cache['beam_slots']` [B, W, S_max] to a cache of B * W rows: beams then read their
 history through it instead of the cache being reordered after every step
@@ -73,29 +77,36 @@ def example_inputs(model: nn.Module, length: int = 8) -> tuple[jax.Array, ...]:
 def init_cache(config: ModelConfig, num_layers: int, batch_size: int, max_length: int,
                dtype: Any = None) -> Cache:
   """An empty decoding cache: every layer's keys and values (stacked on a leading layers
-  axis), which slots hold real tokens, and the next slot to write."""
+  axis when `config.scan_layers`, else a tuple of one array per layer), which slots hold
+  real tokens, and the next slot to write."""
   k = config.resolved_num_kv_heads
   h = config.resolved_head_dim
   dtype = config.compute_dtype if dtype is None else dtype
   # Head-major: the layouts the attention products read in place (see MultiHeadAttention).
-  return {
-      'index': jnp.zeros((), jnp.int32),
-      'valid': jnp.zeros((batch_size, max_length), jnp.bool_),
-      'key': jnp.zeros((num_layers, batch_size, k, h, max_length), dtype),
-      'value': jnp.zeros((num_layers, batch_size, k, max_length, h), dtype),
-  }
+  key_shape, value_shape = (batch_size, k, h, max_length), (batch_size, k, max_length, h)
+  if config.scan_layers:
+    key = jnp.zeros((num_layers, *key_shape), dtype)
+    value = jnp.zeros((num_layers, *value_shape), dtype)
+  else:
+    key = tuple(jnp.zeros(key_shape, dtype) for _ in range(num_layers))
+    value = tuple(jnp.zeros(value_shape, dtype) for _ in range(num_layers))
+  return {'index': jnp.zeros((), jnp.int32),
+          'valid': jnp.zeros((batch_size, max_length), jnp.bool_),
+          'key': key, 'value': value}
 
 
 def grow_cache(cache: Cache, max_length: int) -> Cache:
   """The same cache with room for `max_length` tokens (empty slots added at the end)."""
-  def pad(x, axis):
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, max_length - x.shape[axis])
-    return jnp.pad(x, widths)
-  grown = {**cache, 'valid': pad(cache['valid'], 1), 'key': pad(cache['key'], 4),
-           'value': pad(cache['value'], 3)}
+  def pad(axis):
+    def pad_array(x):
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (0, max_length - x.shape[axis])
+      return jnp.pad(x, widths)
+    return lambda tree: jax.tree.map(pad_array, tree)
+  grown = {**cache, 'valid': pad(1)(cache['valid']), 'key': pad(-1)(cache['key']),
+           'value': pad(-2)(cache['value'])}
   if 'beam_slots' in cache:
-    grown['beam_slots'] = pad(cache['beam_slots'], 2)
+    grown['beam_slots'] = pad(2)(cache['beam_slots'])
   return grown
 
 
@@ -328,22 +339,28 @@ class Decoder(nn.Module):
       (x, kv, _), _ = self.layers.decode_step((x, kv, jnp.zeros((), jnp.int32)), cross, mask,
                                               positions, index, cross_mask, beam_slots)
     else:
+      keys, values = [], []
       for i, layer in enumerate(self.layers):
-        layer_memory = None if cross is None else jax.tree.map(lambda m: m[i], cross)
-        x, kv = layer.decode_step(x, kv, i, mask, positions, index, layer_memory, cross_mask,
-                                  beam_slots)
+        own = {'key': kv['key'][i], 'value': kv['value'][i]}
+        layer_memory = None if cross is None else {k: v[i] for k, v in cross.items()}
+        x, own = layer.decode_step(x, own, mask, positions, index, layer_memory, cross_mask,
+                                   beam_slots)
+        keys.append(own['key'])
+        values.append(own['value'])
+      kv = {'key': tuple(keys), 'value': tuple(values)}
     new_cache = {**cache, **kv, 'index': index + tokens.shape[1], 'valid': key_valid}
     if beam_slots is not None:
       new_cache['beam_slots'] = beam_slots
     return self._logits(x), new_cache
 
-  def cross_memory(self, encoded: Float[Array, "B S D"]) -> dict[str, Array]:
-    """Every layer's cross-attention keys [L, B, K, H, S] and values [L, B, K, S, H]."""
+  def cross_memory(self, encoded: Float[Array, "B S D"]) -> dict[str, Any]:
+    """Every layer's cross-attention keys [B, K, H, S] and values [B, K, S, H], in the
+    cache's layout: stacked ([L, B, ...]) for scanned layers, else a tuple per layer."""
     if self.config.scan_layers:
       _, memory = self.layers.project_cross_memory(None, encoded)
       return memory
     memories = [layer.project_cross_memory(encoded) for layer in self.layers]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
+    return {k: tuple(m[k] for m in memories) for k in ('key', 'value')}
 
 
 def _no_token_types(config: ModelConfig, family: str) -> None:
@@ -386,8 +403,9 @@ class Transformer(nn.Module):
 
   def decoder_memory(self, inputs: Int[Array, "B S"]) -> dict[str, Array]:
     """The source as decoding reads it: encoded once, then every decoder layer's
-    cross-attention keys [L, B, K, H, S] and values [L, B, K, S, H]
-    (`MultiHeadAttention.project_memory`), and which source tokens are real (`valid`)."""
+    cross-attention keys [B, K, H, S] and values [B, K, S, H] in the cache's layout
+    (`MultiHeadAttention.project_memory`, `Decoder.cross_memory`), and which source tokens
+    are real (`valid` [B, S])."""
     memory = self.decoder.cross_memory(self.encode(inputs))
     return {**memory, 'valid': inputs != self.config.pad_id}
 
