@@ -69,3 +69,20 @@ def test_the_built_initializer_gives_the_models_own_initial_state():
   assert not np.array_equal(state.params['decoder']['layer_0']['mlp']['wi']['kernel'],
                             exp.init_state(jax.random.PRNGKey(4)).params['decoder']['layer_0']
                             ['mlp']['wi']['kernel'])
+
+
+def test_the_configured_vocabulary_wins_over_the_tokenizers(tmp_path):
+  """model.vocab_size set (e.g. padded to divide a mesh axis) is the model's; None means
+  the tokenizer's; a checked config builds the same model as an unchecked one."""
+  from transformer.train.defaults import base_config
+  config = base_config()
+  config.data.update(synthetic_train_size=64, synthetic_eval_size=8)
+  config.model.update(num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=32)
+  tokenizer_vocab = experiment.build(config, tmp_path / 'a').model_config.vocab_size
+  config.model.vocab_size = tokenizer_vocab + 1
+  checked = experiment.check_config(config)
+  assert checked.model_config.vocab_size == tokenizer_vocab + 1
+  for built in (experiment.build(checked, tmp_path / 'b'), experiment.build(config, tmp_path / 'c')):
+    assert built.model_config.vocab_size == tokenizer_vocab + 1
+    assert built.abstract_state.params['source_embedding']['embedding'].shape[0] == (
+        tokenizer_vocab + 1)

@@ -176,7 +176,8 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
         global_batch_size=config.train.batch_size, seed=config.seed,
         eval_batch_size=config.train.eval_batch_size or None)
     vocab_size = datasets.vocab_size
-  vocab_size = vocab_size or checked.model_config.vocab_size
+  # The config's vocabulary wins; None means the tokenizer's (or the one given).
+  vocab_size = checked.model_config.vocab_size or vocab_size
   if vocab_size is None:
     raise ConfigError('config.model.vocab_size is None (the tokenizer\'s), but no data were '
                       'built: pass workdir= or vocab_size=')
