@@ -73,7 +73,7 @@ def _config_flag_message(error: BaseException, argv: list[str]) -> str:
     culprits = [o for o in overrides if name and o.split('.')[-1] == name] or overrides[-1:]
     where = f'config field {culprits[0]}' if culprits else 'config field'
     hint = f'; did you mean {suggestion.group(1)!r}?' if suggestion else ''
-    return (f'unknown {where}{hint} (transformer/train/defaults.py lists every field)')
+    return (f'unknown {where}{hint} (python train.py --help lists every field)')
   if isinstance(error, OSError) and 'config file' in text:
     missing = re.findall(r"'([^']+\.py)'", text)
     reason = text.split(']')[-1].split(':')[0].strip() if ']' in text else text
