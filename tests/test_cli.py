@@ -149,3 +149,17 @@ def test_generate_round_trip_and_errors(lm_workdir):
   metrics = json.loads(evaluated.stdout[evaluated.stdout.index('{'):])
   # 5 characters; a unigram model scores exp(H) = 4.5, the sequence is predictable: ~1.
   assert metrics['eval/perplexity'] < 2.0 and 'eval/bleu' not in metrics
+
+
+@pytest.mark.slow
+def test_translate_names_the_characters_the_vocabulary_lacks(translation_workdir):
+  workdir = str(translation_workdir)
+  result = cli('translate', '--workdir', workdir, '--beam_size', '1', stdin='12 34\n5566\n')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(result.stdout.splitlines()) == 2
+  assert ("warning: stdin: 1 distinct character(s) the tokenizer cannot represent (' ') in 1 "
+          'of 2 lines') in result.stderr
+  strict = cli('translate', '--workdir', workdir, '--strict', stdin='hello world\n')
+  assert strict.returncode == 2 and strict.stdout == ''
+  assert strict.stderr.strip().splitlines()[-1].startswith(
+      "error: stdin: 8 distinct character(s) the tokenizer cannot represent (' ', 'd'")
