@@ -53,7 +53,7 @@ def _download(repo_id: str, revision: str | None) -> str:
     from huggingface_hub import errors as hub_errors
   except ImportError:
     raise UserError(f'{repo_id} reads as a Hugging Face Hub id, which needs huggingface_hub: '
-                    'pip install huggingface_hub (or pass a model folder)') from None
+                    "pip install 'transformer[hub]' (or pass a model folder)") from None
   from huggingface_hub import constants
   where = f'{repo_id}@{revision}' if revision else repo_id
   try:

@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_bleu=False,            # translation: decode the validation split, log eval/bleu
       bleu_examples=0,            # 0 = the whole split
       num_examples_to_show=3,     # decoded examples printed at the end
+      wandb_project='',           # a Weights & Biases project: every metric goes there too
+                                  # (needs the wandb extra; '' for none)
+      wandb_entity='',            # the W&B entity (user or team) of wandb_project; '' =
+                                  # your default
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

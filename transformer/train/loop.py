@@ -34,6 +34,7 @@ from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
 from transformer.train import process
+from transformer.train import wandb_log
 from transformer.train.evaluation import Evaluator
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
@@ -286,6 +287,7 @@ class Trainer:
     if self.is_main:
       (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main, resume_step=start)
+    writer = wandb_log.attach(writer, self.config, self.workdir, enabled=self.is_main)
     task, model_config = self.experiment.task, self.experiment.model_config
     flops_per_token = task.flops_per_token(model_config,
                                            task.sequence_lengths(self.config.data))
@@ -391,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   a different model, build the experiment and run it. Returns the final evaluation."""
   process.setup(config)
   mesh = experiment_lib.check_config(config)   # before the workdir is created or touched
+  wandb_log.check(config)
   workdir = pathlib.Path(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
