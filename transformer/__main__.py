@@ -246,7 +246,7 @@ def _next_command(workdir) -> str:
 
 
 def _run(args) -> int:
-  from transformer import inference
+  from transformer import inference, models
   from transformer.train.trained_run import load_run
 
   _check_options(args)
@@ -258,7 +258,9 @@ def _run(args) -> int:
           f'to the chosen step; averaged those (steps {", ".join(map(str, run.steps))})')
   max_len = run.model.config.max_len
   if args.command == 'translate':
-    lines = _unrepresentable(run.tokenizer, _read_lines(), 'stdin', args.strict)
+    lines = _read_lines()
+    if isinstance(run.model, models.Transformer):   # (else translate_texts says what it is)
+      lines = _unrepresentable(run.tokenizer, lines, 'stdin', args.strict)
     for number, line in enumerate(lines, 1):
       tokens = len(run.tokenizer.encode(line)) + 1   # + eos
       if tokens > max_len:
@@ -269,7 +271,9 @@ def _run(args) -> int:
                                         **_decode_settings(run, args))
     sys.stdout.write(''.join(o + '\n' for o in outputs))
   elif args.command == 'generate':
-    args.prompt = _unrepresentable(run.tokenizer, [args.prompt], 'the prompt', args.strict)[0]
+    if isinstance(run.model, models.DecoderLM):
+      args.prompt = _unrepresentable(run.tokenizer, [args.prompt], 'the prompt',
+                                     args.strict)[0]
     tokens = len(run.tokenizer.encode(args.prompt)) + (run.tokenizer.bos_id is not None)
     if tokens > max_len:
       _overlong('the prompt', tokens, max_len, args.strict,
