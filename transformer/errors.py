@@ -33,6 +33,17 @@ class RunStopped(RuntimeError):
   """The run stopped on purpose before its last step (e.g. a non-finite loss)."""
 
 
+def restore_reason(error: BaseException) -> str:
+  """One readable line for why a checkpoint did not restore: the error's first line,
+  without the handle of a C++ method that TensorStore's messages embed ('See full
+  TensorStore details: <bound method ...>')."""
+  import re
+  text = (str(error).strip().splitlines() or [''])[0]
+  text = re.sub(r'\s*See full TensorStore details:.*', '', text)
+  text = re.sub(r'<bound method [^>]*>?', '', text).strip().rstrip('.')
+  return f'{type(error).__name__}: {text[:200]}' if text else type(error).__name__
+
+
 # --- the command lines' side: one line per user error ---------------------------------------
 
 def report(error: BaseException, *, debug: bool = False) -> int:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
 from transformer import models
+from transformer import errors
 from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
@@ -224,7 +225,7 @@ class Trainer:
       try:
         state, data_state = self._restore(step)
       except Exception as error:   # a damaged checkpoint: files lost or truncated
-        reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}'
+        reason = errors.restore_reason(error)
         where = self.checkpointer.quarantine(step) if self.is_main else 'aside'
         self._say(f'checkpoint {step} does not restore ({reason}); moved it to {where} and '
                   'trying the one before it')
