@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
       best_metric='eval/loss',    # also keep the best checkpoint by this ('' for none)
       best_mode='min',            # 'min' | 'max': which end of best_metric is best
       eval_bleu=False,            # translation: decode the validation split, log eval/bleu
+                                  # (eval/decoded_exact_match where every reference is one
+                                  # word, as in the synthetic tasks: BLEU is 0 there)
       bleu_examples=0,            # 0 = the whole split
       num_examples_to_show=3,     # decoded examples printed at the end
       wandb_project='',           # a Weights & Biases project: every metric goes there too
