@@ -4,6 +4,7 @@
     python -m transformer generate  --workdir DIR --prompt "..." [--max_new_tokens N]
     python -m transformer evaluate  --workdir DIR [--split test] [--average_last N]
                                     [--data path=FILE ...]
+    python -m transformer download  multi30k       (into the cache its config reads)
     python -m transformer import    --hf ORG/NAME[@REVISION] | HF_MODEL_DIR --workdir DIR
                                     [--config FILE.py]
 
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument('--data', action='append', default=[], metavar='FIELD=VALUE',
                         help="a config.data field for this evaluation, e.g. --data "
                         "source=text --data path=corpus.txt (repeatable)")
+
+  download = commands.add_parser(
+      'download', help='fetch a corpus into the download cache, where its config finds it')
+  download.add_argument('corpus', help='multi30k')
+  download.add_argument('--debug', action='store_true',
+                        help='show the traceback of errors that are reported in one line')
 
   importer = commands.add_parser(
       'import', help='a Hugging Face model folder (GPT-2, BERT, Llama, Mistral, Qwen2, '
@@ -252,6 +259,12 @@ def _run(args) -> int:
   _check_options(args)
   if args.command == 'import':
     return _import(args)
+  if args.command == 'download':
+    from transformer.data import download
+    folder = download.download_corpus(args.corpus)
+    files = sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+    print(f'{args.corpus}: {", ".join(files)} in {folder}')
+    return 0
   run = load_run(args.workdir, step=args.step, average_last=args.average_last, report=_warn)
   if len(run.steps) < args.average_last:
     _warn(f'--average_last {args.average_last}: the run has {len(run.steps)} checkpoints up '

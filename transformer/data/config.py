@@ -40,7 +40,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       synthetic_train_size=50_000,  # synthetic training examples (every split is a
                                     # deterministic function of seed, each its own stream)
       synthetic_eval_size=1_000,    # synthetic examples in each of valid and test
-      path=placeholder(str),        # 'text': a UTF-8 text file; 'parallel': a folder holding
+      path=placeholder(str),        # 'text': a UTF-8 text file (or an https:// URL, downloaded
+                                    # once into ~/.cache/transformer/downloads); 'parallel': a
+                                    # folder holding
                                     # {train,valid,test}.{src_lang,tgt_lang} (valid may also be
                                     # named validation/val/dev; train is required)
       src_lang=placeholder(str),    # 'parallel': source file suffix (default 'src'); 'tfds'
