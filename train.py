@@ -12,6 +12,7 @@ always shows its traceback.
 import os
 import pathlib
 import sys
+import textwrap
 
 from transformer import errors
 
@@ -62,6 +63,37 @@ def define_flags():
   flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too.')
 
 
+HELP_FLAGS = ('--help', '-h', '--helpshort', '--helpfull')
+
+
+def help_text() -> str:
+  """The usage, the flags (from their definitions) and every config field (its default in
+  `base_config()` and its meaning, from the comment beside it: `config_reference`)."""
+  from absl import flags
+
+  from transformer.train import config_reference
+  before = set(flags.FLAGS)
+  define_flags()
+  usage = __doc__.strip().split('\n', 1)[0].split(': ', 1)[1].strip('`.')
+  lines = [f'usage: {usage}', '', 'flags:']
+  for name in [n for n in flags.FLAGS if n not in before]:   # in their definition order
+    flag = flags.FLAGS[name]
+    default = flag.default
+    if not isinstance(default, (str, int, float, bool, type(None))):   # the config file flag
+      default = flag.default_as_str.strip("'")
+    if isinstance(default, str) and default.startswith(str(_HERE) + os.sep):
+      default = os.path.relpath(default, _HERE)
+    lines += textwrap.wrap(f'{flag.help} (default: {default!r})', width=100,
+                           initial_indent=f'  --{name}: ', subsequent_indent=' ' * 6)
+  lines += ['', 'config fields (--config.<section>.<field>=value overrides one; the defaults '
+            'below are base_config()\'s, which the --config file changes; docs/config.md '
+            'holds the same list):', config_reference.text()]
+  return '\n'.join(lines)
+
+
 if __name__ == '__main__':
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    print(help_text())
+    sys.exit(0)
   sys.exit(errors.run_absl_main(main, define_flags, debug='--debug' in sys.argv[1:]
                                 or bool(os.environ.get('TRANSFORMER_DEBUG'))))

@@ -2,9 +2,11 @@
 
 A small post-LN Transformer with the paper's recipe (shared SentencePiece vocabulary,
 label smoothing 0.1, Adam 0.9/0.98, inverse-square-root schedule), sized for a CPU.
-Data: `../shared/data/multi30k/{train,valid,test}.{en,de}` (cite Elliott et al., 2016).
+Data: `../shared/data/multi30k/{train,valid,test}.{en,de}` (cite Elliott et al., 2016), or
+where that folder is absent the copy `python -m transformer download multi30k` fetches.
 """
 
+from transformer.data.download import local_or_downloaded
 from transformer.train.defaults import base_config
 
 
@@ -15,7 +17,7 @@ def get_config():
                  dropout_rate=0.1, attention_dropout_rate=0.0)
   # A small shared vocabulary: the output projection (2 * D * V FLOPs per target token)
   # is a large share of a small model's work.
-  c.data.update(source='parallel', path='../shared/data/multi30k', src_lang='en',
+  c.data.update(source='parallel', path=local_or_downloaded('../shared/data/multi30k', 'multi30k'), src_lang='en',
                 tgt_lang='de', tokenizer='sentencepiece', vocab_size=5000,
                 spm_model_type='unigram', max_len=48, pack=True, overlong='truncate')
   c.optim.update(schedule='paper', warmup_steps=800, lr_scale=1.0)

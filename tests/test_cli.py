@@ -55,7 +55,9 @@ def test_translate_evaluate_and_average_round_trip(translation_workdir):
   assert metrics['checkpoint_steps'] == [400, 600]
   # The average of steps 400 and 600, not the model that reverses every string.
   assert metrics['test/accuracy'] > 0.98 and metrics['test/exact_match'] > 0.9
-  assert 'test/bleu' in metrics    # (one-word digit strings: no 4-grams, so BLEU is 0)
+  # One-word digit strings: no 4-grams, so BLEU would read 0; the decoded outputs' exact
+  # match is reported instead.
+  assert 'test/bleu' not in metrics and metrics['test/decoded_exact_match'] > 0.9
 
 
 @pytest.mark.slow
@@ -149,3 +151,17 @@ def test_generate_round_trip_and_errors(lm_workdir):
   metrics = json.loads(evaluated.stdout[evaluated.stdout.index('{'):])
   # 5 characters; a unigram model scores exp(H) = 4.5, the sequence is predictable: ~1.
   assert metrics['eval/perplexity'] < 2.0 and 'eval/bleu' not in metrics
+
+
+@pytest.mark.slow
+def test_translate_names_the_characters_the_vocabulary_lacks(translation_workdir):
+  workdir = str(translation_workdir)
+  result = cli('translate', '--workdir', workdir, '--beam_size', '1', stdin='12 34\n5566\n')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(result.stdout.splitlines()) == 2
+  assert ("warning: stdin: 1 distinct character(s) the tokenizer cannot represent (' ') in 1 "
+          'of 2 lines') in result.stderr
+  strict = cli('translate', '--workdir', workdir, '--strict', stdin='hello world\n')
+  assert strict.returncode == 2 and strict.stdout == ''
+  assert strict.stderr.strip().splitlines()[-1].startswith(
+      "error: stdin: 8 distinct character(s) the tokenizer cannot represent (' ', 'd'")

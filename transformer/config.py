@@ -66,7 +66,7 @@ class ModelConfig:
                                       # like any other and counts them in its positions
                                       # (Marian starts decoding from the pad token)
   num_classes: int = 0                # EncoderModel: >0 adds a sequence-classification head
-  pad_id: int = 0
+  pad_id: int = 0                     # the padding token's id (masked out of attention)
   dtype: str = 'float32'              # compute dtype, e.g. 'bfloat16'
   param_dtype: str = 'float32'        # parameter storage dtype
   attention_impl: str | None = None   # None (einsum), 'xla' or 'cudnn' (jax.nn fused path),

@@ -33,6 +33,17 @@ class RunStopped(RuntimeError):
   """The run stopped on purpose before its last step (e.g. a non-finite loss)."""
 
 
+def restore_reason(error: BaseException) -> str:
+  """One readable line for why a checkpoint did not restore: the error's first line,
+  without the handle of a C++ method that TensorStore's messages embed ('See full
+  TensorStore details: <bound method ...>')."""
+  import re
+  text = (str(error).strip().splitlines() or [''])[0]
+  text = re.sub(r'\s*See full TensorStore details:.*', '', text)
+  text = re.sub(r'<bound method [^>]*>?', '', text).strip().rstrip('.')
+  return f'{type(error).__name__}: {text[:200]}' if text else type(error).__name__
+
+
 # --- the command lines' side: one line per user error ---------------------------------------
 
 def report(error: BaseException, *, debug: bool = False) -> int:
@@ -73,7 +84,7 @@ def _config_flag_message(error: BaseException, argv: list[str]) -> str:
     culprits = [o for o in overrides if name and o.split('.')[-1] == name] or overrides[-1:]
     where = f'config field {culprits[0]}' if culprits else 'config field'
     hint = f'; did you mean {suggestion.group(1)!r}?' if suggestion else ''
-    return (f'unknown {where}{hint} (transformer/train/defaults.py lists every field)')
+    return (f'unknown {where}{hint} (python train.py --help lists every field)')
   if isinstance(error, OSError) and 'config file' in text:
     missing = re.findall(r"'([^']+\.py)'", text)
     reason = text.split(']')[-1].split(':')[0].strip() if ']' in text else text

@@ -75,3 +75,13 @@ def test_bad_config_values(tmp_path):
   with pytest.raises(ValueError, match='divisible'):
     task_datasets(default_data_config(), 'translation', workdir=tmp_path,
                   global_batch_size=3, seed=0, process_index=0, process_count=2)
+
+
+def test_a_restore_error_reads_as_one_clean_line():
+  from transformer.errors import restore_reason
+  error = Exception('Encountered error while reading array index: (slice(0, 128, 1),). See '
+                    'full TensorStore details: <bound method pybind11_detail_function_record_'
+                    'v1_system_libstdcpp_gxx_ab\nmore')
+  assert restore_reason(error) == ('Exception: Encountered error while reading array index: '
+                                   '(slice(0, 128, 1),)')
+  assert restore_reason(ValueError()) == 'ValueError'

@@ -117,6 +117,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, unin
   assert result.returncode == 0, result.stderr[-2000:]
   report = [line for line in result.stdout.splitlines() if 'does not restore' in line]
   assert len(report) == 1 and report[0].startswith('checkpoint 20 does not restore')
+  assert '<bound method' not in report[0] and 'TensorStore details' not in report[0], report
   assert 'resuming from step 15 of 40' in result.stdout
   moved = list((workdir / 'checkpoints_damaged').iterdir())
   assert len(moved) == 1 and moved[0].name.startswith('20-')   # kept, not deleted

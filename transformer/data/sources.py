@@ -294,7 +294,8 @@ class TextFile:
                drop_empty: bool = True):
     if not 0.0 <= valid_fraction < 1.0:
       raise ConfigError(f'data.valid_fraction must be in [0, 1), got {valid_fraction}')
-    self.path = _check_file(Path(path))
+    from transformer.data.download import resolve
+    self.path = _check_file(Path(resolve(path)))   # an https:// URL: its cached copy
     self.whole_text, self.drop_empty = whole_text, drop_empty
     self.name = self.path.stem
     self.fingerprint = _file_fingerprint(self.path, extra=(valid_fraction, whole_text,

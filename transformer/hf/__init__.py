@@ -2,6 +2,7 @@
 and Marian (Opus-MT), without torch.
 
     model, variables = transformer.hf.load('path/to/hf-folder')   # config.json + *.safetensors
+    model, variables = transformer.hf.load('ORG/NAME')            # a Hub id (huggingface_hub)
     logits = model.apply(variables, input_ids)                     # DecoderLM
     out = model.apply(variables, input_ids, token_type_ids=...)   # EncoderModel: its dict
     logits = model.apply(variables, input_ids, decoder_input_ids)  # Transformer (Marian)
@@ -18,7 +19,7 @@ tokenizer files and bos/eos ids from the original folder if you need them.
 Which family: GPT2LMHeadModel -> DecoderLM; BertForPreTraining / BertForMaskedLM ->
 EncoderModel; LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM -> DecoderLM;
 MarianMTModel -> Transformer. `python -m transformer import --hf DIR --workdir RUN` turns
-a folder into a run folder for `translate`, `generate`, `evaluate` and fine-tuning (see
+a folder (or a Hub id, `--hf ORG/NAME[@REVISION]`) into a run folder for `translate`, `generate`, `evaluate` and fine-tuning (see
 `transformer.hf.run_folder`).
 """
 
@@ -37,7 +38,7 @@ from flax import traverse_util
 
 from transformer import models
 from transformer.errors import ConfigError
-from transformer.hf import bert, convert, gpt2, llama, marian
+from transformer.hf import bert, convert, gpt2, hub, llama, marian
 
 FAMILIES: tuple[ModuleType, ...] = (gpt2, bert, llama, marian)
 # Architectures people will try, and what keeps each out.
@@ -93,8 +94,9 @@ def _check_tree(model: nn.Module, flat: dict[tuple[str, ...], np.ndarray]) -> No
 
 
 def load(folder: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any]]:
-  """(model, variables) from a Hugging Face model folder; see the module docstring."""
-  folder = pathlib.Path(folder)
+  """(model, variables) from a Hugging Face model folder or Hub id ('ORG/NAME[@REVISION]',
+  through huggingface_hub's cache: `transformer.hf.hub`); see the module docstring."""
+  folder = hub.resolve(folder)
   hf = convert.read_config(folder)
   family = _family(hf, folder)
   tensors = convert.TensorFile(folder, getattr(family, 'rename', lambda name: name))

@@ -1,5 +1,6 @@
-"""`python -m transformer import --hf DIR --workdir RUN`: a Hugging Face model folder
-becomes a run folder, as if `train.py` had written it at step 0.
+"""`python -m transformer import --hf DIR --workdir RUN`: a Hugging Face model folder (or a
+Hub id, ORG/NAME[@REVISION], fetched by `transformer.hf.hub`) becomes a run folder, as if
+`train.py` had written it at step 0.
 
     RUN/checkpoints/0/   our Orbax checkpoint: a TrainState with the converted parameters
                          and a fresh optimizer state, data state {}, the training config
@@ -90,15 +91,17 @@ def _check_tokenizer(tokenizer, cfg, folder: pathlib.Path) -> None:
 
 def import_run(hf_folder: str | os.PathLike, workdir: str | os.PathLike,
                config_file: str | os.PathLike | None = None) -> pathlib.Path:
-  """Converts `hf_folder` into the run folder `workdir` (see the module docstring)."""
+  """Converts `hf_folder` (a folder or a Hub id) into the run folder `workdir` (see the
+  module docstring)."""
   from transformer.train import experiment as experiment_lib
   from transformer.train import checkpoint as checkpoint_lib
   from transformer.train import step as step_lib
   from transformer.train.trained_run import one_device_mesh
 
-  hf_folder, workdir = pathlib.Path(hf_folder), pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir)
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise UserError(f'{workdir} exists and is not empty: import into a new --workdir')
+  hf_folder = hf.hub.resolve(hf_folder)      # a Hub id: its snapshot in the Hub's cache
   model, variables = hf.load(hf_folder)
   tokenizer = pretrained_tokenizers.from_hf_folder(hf_folder)
   _check_tokenizer(tokenizer, model.config, hf_folder)

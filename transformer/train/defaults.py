@@ -1,5 +1,11 @@
 """`base_config()`: every field a training config has, with defaults and a comment each.
 
+The comment that ends a field's line, with the comment-only lines below it indented past
+the field, is the field's meaning: `python train.py --help` and docs/config.md read it from
+here (`transformer.train.config_reference`), and a field without one fails the tests. The
+model's fields are documented in `transformer/config.py`, the data's in
+`transformer/data/config.py`, the same way.
+
 Experiment files in `configs/` start from this and change what differs, so that a field
 added here reaches every experiment; one that varies another experiment starts from that
 file's config (`config_from_file`).
@@ -51,45 +57,59 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       schedule='paper',           # 'paper' | 'warmup_cosine' | 'warmup_linear' | 'constant'
       learning_rate=1e-3,         # peak (not used by 'paper')
-      warmup_steps=4000,
+      warmup_steps=4000,          # linear warmup from 0 to the peak
       decay_steps=0,              # cosine length; 0 = train.num_steps
-      end_learning_rate=0.0,
+      end_learning_rate=0.0,      # where 'warmup_cosine' / 'warmup_linear' end
       lr_scale=1.0,               # multiplier of the 'paper' schedule
-      b1=0.9, b2=0.98, eps=1e-9,  # Adam as in the paper (section 5.3)
+      b1=0.9,                     # Adam's beta1 (the paper's, section 5.3)
+      b2=0.98,                    # Adam's beta2 (the paper's)
+      eps=1e-9,                   # Adam's epsilon (the paper's)
       weight_decay=0.0,           # > 0: AdamW, matrices only
       grad_clip_norm=0.0,         # 0: no clipping
   ))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64,              # global rows per step (packed rows when data.pack)
-      num_steps=10_000,
+      num_steps=10_000,           # optimizer steps of the whole run (a resumed run goes on
+                                  # to this step)
       grad_accum_steps=1,         # micro-batches per step (batch_size must divide)
       skip_nonfinite=0,           # steps whose loss or gradient is not finite: 0 stops the
                                   # run at the first (no update is ever applied); N skips
                                   # up to N such updates, logging each, then stops
       steps_per_call=1,           # > 1: that many steps in one compiled loop (small models)
       label_smoothing=0.0,        # paper: 0.1
-      log_every=100,
-      eval_every=1000,
+      log_every=100,              # steps between train metric lines (TensorBoard, metrics.jsonl)
+      eval_every=1000,            # steps between evaluations on the validation split
       eval_batches=0,             # 0 = the whole validation split
       eval_batch_size=0,          # rows per evaluation batch; 0 = batch_size
-      checkpoint_every=1000,
+      checkpoint_every=1000,      # steps between checkpoints (and the last step)
       max_to_keep=3,              # newest checkpoints kept
       best_metric='eval/loss',    # also keep the best checkpoint by this ('' for none)
-      best_mode='min',
+      best_mode='min',            # 'min' | 'max': which end of best_metric is best
       eval_bleu=False,            # translation: decode the validation split, log eval/bleu
+                                  # (eval/decoded_exact_match where every reference is one
+                                  # word, as in the synthetic tasks: BLEU is 0 there)
       bleu_examples=0,            # 0 = the whole split
       num_examples_to_show=3,     # decoded examples printed at the end
+      wandb_project='',           # a Weights & Biases project: every metric goes there too
+                                  # (needs the wandb extra; '' for none)
+      wandb_entity='',            # the W&B entity (user or team) of wandb_project; '' =
+                                  # your default
   ))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                    # data-parallel devices; -1: the devices left over
+      fsdp=1,                     # devices that shard parameters and optimizer state
+      tensor=1,                   # devices that shard each layer's matrices (Megatron)
+  ))
   c.decode = ml_collections.ConfigDict(dict(
-      beam_size=4, alpha=0.6,     # the paper's beam search (section 6.1)
+      beam_size=4,                # beam width (1: greedy; the paper's 4, section 6.1)
+      alpha=0.6,                  # length penalty exponent (the paper's 0.6)
       max_extra_len=MAX_EXTRA_LEN,  # output length <= input length + this (paper: 50)
   ))
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1,            # > 1: jax.distributed.initialize with the fields below
-      process_id=0,
+      process_id=0,               # this process's index (0 is the coordinator)
       coordinator_address='',     # host:port of process 0
       auto=False,                 # True: jax.distributed.initialize() discovers the cluster
   ))

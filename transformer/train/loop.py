@@ -28,11 +28,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
+from transformer import errors
 from transformer.errors import RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
 from transformer.train import process
+from transformer.train import wandb_log
 from transformer.train.evaluation import Evaluator
 from transformer.train import strategy as strategy_lib
 from transformer.train.strategy import make_strategy
@@ -206,7 +208,7 @@ class Trainer:
             step, self.experiment.abstract_state,
             scan_layers=self.experiment.model_config.scan_layers)
       except Exception as error:   # a damaged checkpoint: files lost or truncated
-        reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}'
+        reason = errors.restore_reason(error)
         where = self.checkpointer.quarantine(step) if self.is_main else 'aside'
         self._say(f'checkpoint {step} does not restore ({reason}); moved it to {where} and '
                   'trying the one before it')
@@ -269,6 +271,7 @@ class Trainer:
     if self.is_main:
       (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
     writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main, resume_step=start)
+    writer = wandb_log.attach(writer, self.config, self.workdir, enabled=self.is_main)
     task, model_config = self.experiment.task, self.experiment.model_config
     flops_per_token = task.flops_per_token(model_config,
                                            task.sequence_lengths(self.config.data))
@@ -374,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   a different model, build the experiment and run it. Returns the final evaluation."""
   process.setup(config)
   checked = experiment_lib.check_config(config)   # before the workdir is created or touched
+  wandb_log.check(config)
   workdir = pathlib.Path(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,8 @@ def one_device_mesh():
 
 
 def _first_line(error: Exception) -> str:
-  return f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:200]}'
+  from transformer.errors import restore_reason
+  return restore_reason(error)
 
 
 def load_run(workdir: str | pathlib.Path, *, step: int | None = None, average_last: int = 1,
