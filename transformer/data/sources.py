@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from transformer import storage
 from transformer.data.tokenizers import SYNTHETIC_ALPHABET
 from transformer.errors import ConfigError, DataError, MissingFileError
 
@@ -294,7 +295,8 @@ class TextFile:
                drop_empty: bool = True):
     if not 0.0 <= valid_fraction < 1.0:
       raise ConfigError(f'data.valid_fraction must be in [0, 1), got {valid_fraction}')
-    self.path = _check_file(Path(path))
+    # An object-store corpus is read by byte offsets: from a local copy (the cache's).
+    self.path = _check_file(storage.fetch(path) if storage.is_url(path) else Path(path))
     self.whole_text, self.drop_empty = whole_text, drop_empty
     self.name = self.path.stem
     self.fingerprint = _file_fingerprint(self.path, extra=(valid_fraction, whole_text,

@@ -37,6 +37,7 @@ from transformer.train.evaluation import Evaluator
 from transformer.train import strategy as strategy_lib
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
+from transformer import storage
 
 
 class _Preemption:
@@ -138,7 +139,7 @@ class Trainer:
       raise ValueError('the experiment has no data: build it with a workdir')
     self.experiment = experiment
     self.config = config = experiment.config
-    self.workdir = pathlib.Path(workdir or experiment.workdir)
+    self.workdir = storage.path(workdir or experiment.workdir)
     self.is_main = jax.process_index() == 0
     self.steps_per_call = config.train.steps_per_call
     self.strategy = make_strategy(config.parallelism, experiment.mesh,
@@ -374,7 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   a different model, build the experiment and run it. Returns the final evaluation."""
   process.setup(config)
   checked = experiment_lib.check_config(config)   # before the workdir is created or touched
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)   # a URL (gs://, s3://): etils.epath
+  storage.check_bucket(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   try:
@@ -389,10 +391,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           check_resume(config, saved, workdir, step)
           break
         checkpointer.close()
-      trainer = Trainer(experiment_lib.build(checked, workdir))
+      trainer = Trainer(experiment_lib.build(checked, workdir), workdir)
       return trainer.run()
   except UserError:
     # A run that could not start leaves no folder behind it (one it created, that is).
     if created and not (workdir / 'checkpoints').is_dir():
-      shutil.rmtree(workdir, ignore_errors=True)
+      storage.rmtree(workdir)
     raise
