@@ -59,12 +59,12 @@ class GcsServer:
     return name
 
 
-@pytest.fixture(scope='session')
-def gcs_server(tmp_path_factory):
-  """A fake-gcs-server for the session (stopped at its end)."""
+@contextlib.contextmanager
+def serve(log_path) -> 'GcsServer':
+  """Runs a fake-gcs-server (in memory) on a free loopback port until the block ends."""
   binary = _binary()
   port = _free_port()
-  log = open(tmp_path_factory.mktemp('gcs') / 'server.log', 'wb')
+  log = open(log_path, 'wb')
   process = subprocess.Popen(
       [str(binary), '-scheme', 'http', '-host', '127.0.0.1', '-port', str(port),
        '-backend', 'memory'], stdout=log, stderr=subprocess.STDOUT)
@@ -77,7 +77,7 @@ def gcs_server(tmp_path_factory):
         break
       except (urllib.error.URLError, ConnectionError, OSError):
         if process.poll() is not None or time.monotonic() > deadline:
-          raise RuntimeError(f'fake-gcs-server did not start (see {log.name})')
+          raise RuntimeError(f'fake-gcs-server did not start (see {log_path})')
         time.sleep(0.1)
     yield server
   finally:
@@ -90,12 +90,24 @@ def gcs_server(tmp_path_factory):
     log.close()
 
 
+def environment(server: GcsServer) -> dict[str, str]:
+  """The standard variables that point GCS clients (gcsfs, TensorStore) at `server`."""
+  return {'STORAGE_EMULATOR_HOST': server.url, 'TENSORSTORE_GCS_HTTP_URL': server.url,
+          'GOOGLE_CLOUD_PROJECT': 'test'}
+
+
+@pytest.fixture(scope='session')
+def gcs_server(tmp_path_factory):
+  """A fake-gcs-server for the session (stopped at its end)."""
+  with serve(tmp_path_factory.mktemp('gcs') / 'server.log') as server:
+    yield server
+
+
 @pytest.fixture
 def gcs_bucket(gcs_server, monkeypatch):
   """'gs://NAME': a fresh bucket, with the three standard variables pointing at the server."""
-  monkeypatch.setenv('STORAGE_EMULATOR_HOST', gcs_server.url)
-  monkeypatch.setenv('TENSORSTORE_GCS_HTTP_URL', gcs_server.url)
-  monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', 'test')
+  for name, value in environment(gcs_server).items():
+    monkeypatch.setenv(name, value)
   with contextlib.suppress(ImportError):   # gcsfs caches filesystems (and the endpoint)
     import gcsfs
     gcsfs.GCSFileSystem.clear_instance_cache()

@@ -373,10 +373,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        ) -> dict[str, float]:
   """What `train.py` does: set up the process, take the workdir's lock, refuse to resume
   a different model, build the experiment and run it. Returns the final evaluation."""
+  workdir = storage.path(workdir)   # a URL (gs://, s3://): etils.epath
+  storage.check_bucket(workdir)     # one line when it is missing, before anything starts
   process.setup(config)
   checked = experiment_lib.check_config(config)   # before the workdir is created or touched
-  workdir = storage.path(workdir)   # a URL (gs://, s3://): etils.epath
-  storage.check_bucket(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   try:
