@@ -49,7 +49,7 @@ def _check_url(url: str) -> None:
   package = _BACKENDS.get(scheme)
   if package is None:
     raise UserError(f'{url}: unsupported URL scheme {scheme}:// (use a local path, gs:// or '
-                    's3://)')
+                    's3://; a corpus may also be https://)')
   try:
     __import__(package)
   except ImportError:
@@ -107,7 +107,8 @@ def fetch(url) -> pathlib.Path:
   URL, its size and its modification time or ETag)."""
   import fsspec
   url = os.fspath(url)
-  _check_url(url)
+  if url.split('://', 1)[0] not in ('http', 'https'):   # read-only web corpora need no extra
+    _check_url(url)
   fs, remote = fsspec.core.url_to_fs(url)
   try:
     info = fs.info(remote)
@@ -121,7 +122,13 @@ def fetch(url) -> pathlib.Path:
   if not target.is_file():
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f'.{name}.{os.getpid()}.partial')
-    fs.get_file(remote, str(partial))
+    from tqdm import tqdm
+    with fs.open(remote, 'rb') as source, open(partial, 'wb') as out, tqdm(
+        total=info.get('size') or None, unit='B', unit_scale=True, desc=f'fetching {name}',
+        disable=(info.get('size') or 0) < (1 << 24), mininterval=1.0) as bar:
+      while block := source.read(1 << 22):   # a progress bar past 16 MB
+        out.write(block)
+        bar.update(len(block))
     partial.replace(target)
   return target
 

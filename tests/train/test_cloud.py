@@ -137,3 +137,51 @@ def test_a_corpus_in_a_bucket_and_a_published_tokenizer(gcs_bucket, tmp_path):
       capture_output=True, text=True, timeout=300)
   assert generated.returncode == 0, generated.stderr[-3000:]
   assert generated.stdout.startswith('abc') and len(generated.stdout.rstrip('\n')) == 8
+  # evaluate builds that host's own token store from the corpus URL, in its own cache.
+  evaluated = subprocess.run(
+      [sys.executable, '-m', 'transformer', 'evaluate', '--workdir', url], cwd=REPO,
+      env=_env(other), capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'loss' in evaluated.stdout, evaluated.stdout
+  assert any('/data/store/' in f for f in _files(other)), _files(other)
+  assert all(f.startswith('.cache/transformer/') for f in _files(other)), _files(other)
+
+
+def test_a_web_corpus_is_downloaded_once_into_the_cache(tmp_path, monkeypatch):
+  import functools
+  import http.server
+  import threading
+
+  from transformer.data.sources import TextFile
+  from transformer.errors import MissingFileError
+  served = tmp_path / 'www'
+  served.mkdir()
+  (served / 'text.txt').write_text('hello world\n' * 50)
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      requests.append(self.path)
+  server = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0), functools.partial(Handler, directory=str(served)))
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    monkeypatch.setenv('TRANSFORMER_CACHE', str(tmp_path / 'cache'))
+    url = f'http://127.0.0.1:{server.server_address[1]}/text.txt'
+    source = TextFile(url, 0.1, whole_text=True)
+    assert str(source.path).startswith(str(tmp_path / 'cache'))
+    assert source.path.read_text() == 'hello world\n' * 50
+    assert '/text.txt' in requests
+    written = source.path.stat().st_mtime_ns
+    # The second open asks for the object's size and version only (no new download).
+    assert TextFile(url, 0.1, whole_text=True).path == source.path
+    assert source.path.stat().st_mtime_ns == written
+    # A new version of the object is a new copy (this server sends no ETag: a new size).
+    (served / 'text.txt').write_text('hello again!\n' * 50)
+    assert TextFile(url, 0.1, whole_text=True).path.read_text() == 'hello again!\n' * 50
+    with pytest.raises(MissingFileError, match='Data file not found: http'):
+      TextFile(url.replace('text.txt', 'nope.txt'), 0.1, whole_text=True)
+  finally:
+    server.shutdown()
+    server.server_close()
