@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -249,8 +250,10 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     raise DataError('The data source has no train split.')
   directory = _store_directory(data_dir, source, columns, needs.windows)
   if process_index == 0:
-    if published is not None:   # the workdir's own tokenizer wins over a stale cache
-      storage.download_tree(published, tokenizer_dir)
+    # The workdir's own tokenizer wins over the cache's; none there: the cache's goes too
+    # (left by an earlier run under this URL, whose folder was since deleted).
+    if published is not None and not storage.download_tree(published, tokenizer_dir):
+      shutil.rmtree(tokenizer_dir, ignore_errors=True)
     tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
     if published is not None and tokenizer_dir.is_dir():
       storage.upload_tree(tokenizer_dir, published)
