@@ -56,6 +56,8 @@ def main():
       for i in range(args.repeats):
         times['local'].append(run(str(scratch / f'local{i}'), args, scratch / f'h{i}l', env))
         times['bucket'].append(run(f'gs://{bucket}/run{i}', args, scratch / f'h{i}b', env))
+        print(f'repeat {i}: local {times["local"][-1]:.1f} s, bucket '
+              f'{times["bucket"][-1]:.1f} s', file=sys.stderr, flush=True)
   local, remote = statistics.median(times['local']), statistics.median(times['bucket'])
   print(f'{args.config}, {args.steps} steps, a checkpoint every {args.checkpoint_every}, '
         f'median of {args.repeats}')
