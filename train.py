@@ -42,7 +42,8 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   config = flags.FLAGS.config
   config_path = pathlib.Path(flags.FLAGS['config'].config_filename)
-  workdir = pathlib.Path(flags.FLAGS.workdir or pathlib.Path('runs') / config_path.stem)
+  # A URL (gs://, s3://) stays a string: pathlib would fold its '//'.
+  workdir = flags.FLAGS.workdir or pathlib.Path('runs') / config_path.stem
   metrics = train_and_evaluate(config, workdir)   # sets up the process, checks the config
   if metrics:
     print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))

@@ -30,3 +30,6 @@ def multi30k_workdir(tmp_path_factory):
   """A workdir for Multi30k runs (its SentencePiece model is trained once per session)."""
   require(MULTI30K)
   return tmp_path_factory.mktemp('multi30k')
+
+
+from tests.cloud import gcs_bucket, gcs_server  # noqa: E402,F401  (fixtures)

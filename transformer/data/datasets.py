@@ -22,11 +22,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from transformer import storage
 from transformer.data import sources as sources_lib
 from transformer.data import store as store_lib
 from transformer.data.pipeline import (
@@ -222,10 +224,24 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
       raise ConfigError(f'{name} {size} is not divisible by process_count {process_count}.')
   if config.overlong not in ('drop', 'truncate'):
     raise ConfigError(f"data.overlong must be 'drop' or 'truncate', got {config.overlong!r}")
-  workdir = Path(workdir)
-  data_dir = Path(config.data_dir or workdir / 'data')
-  tokenizer_dir = Path(config.tokenizer_dir or workdir / 'tokenizer')
   barrier = barrier or _default_barrier(process_count)
+  published = None   # a workdir URL's tokenizer folder (the local copy is tokenizer_dir)
+  if storage.is_url(workdir):
+    # No host reads another's disk: the token store and the tokenizer's files are local to
+    # each process (its cache, keyed by the workdir's URL); process 0 publishes the
+    # tokenizer to the workdir and the others fetch it from there.
+    local = storage.cache_dir('workdirs', workdir)
+    if process_count > 1:
+      local = local / f'process-{process_index}'
+    data_dir = Path(config.data_dir) if config.data_dir else local / 'data'
+    if config.tokenizer_dir:
+      tokenizer_dir = Path(config.tokenizer_dir)
+    else:
+      tokenizer_dir, published = local / 'tokenizer', storage.path(workdir) / 'tokenizer'
+  else:
+    workdir = Path(workdir)
+    data_dir = Path(config.data_dir or workdir / 'data')
+    tokenizer_dir = Path(config.tokenizer_dir or workdir / 'tokenizer')
 
   source = _open_source(config, needs, data_dir, seed)
   columns = _columns(source, needs)
@@ -234,14 +250,22 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     raise DataError('The data source has no train split.')
   directory = _store_directory(data_dir, source, columns, needs.windows)
   if process_index == 0:
+    # The workdir's own tokenizer wins over the cache's; none there: the cache's goes too
+    # (left by an earlier run under this URL, whose folder was since deleted).
+    if published is not None and not storage.download_tree(published, tokenizer_dir):
+      shutil.rmtree(tokenizer_dir, ignore_errors=True)
     tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
+    if published is not None and tokenizer_dir.is_dir():
+      storage.upload_tree(tokenizer_dir, published)
   barrier('transformer: tokenizer ready')
   if process_index != 0:
+    if published is not None:
+      storage.download_tree(published, tokenizer_dir)
     tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
   if isinstance(source, sources_lib.InMemory):   # small and generated: no store on disk
     store = store_lib.in_memory(source, splits, tokenizer, columns)
   else:
-    if process_index == 0:
+    if process_index == 0 or published is not None:   # a URL workdir: each its own cache
       key = {'source': source.fingerprint,
              'tokenizer': _tokenizer_fingerprint(tokenizer, tokenizer_dir),
              'columns': list(columns), 'format': store_lib.FORMAT}

@@ -1,7 +1,10 @@
-"""Corpora one flag away: `data.path` may be an `https://` URL, downloaded once into a cache.
+"""Named corpora one command away, downloaded once into a cache.
 
-    path = cached_download('https://example.org/input.txt')   # ~/.cache/transformer/downloads/...
     python -m transformer download multi30k                    # Multi30k's six text files
+    path = cached_download('https://example.org/input.txt')   # ~/.cache/transformer/downloads/...
+
+(`data.path` itself may be an `https://`, `gs://` or `s3://` URL: `transformer.storage`
+fetches such a corpus once per version of it.)
 
 Each URL is fetched once into `CACHE_DIR/<hash of the URL>/<its file name>` (the variable
 TRANSFORMER_DOWNLOADS moves the cache), through a temporary file renamed at the end, so an
@@ -88,11 +91,6 @@ def cached_download(url: str) -> pathlib.Path:
     if os.path.exists(scratch):
       os.unlink(scratch)
   return target
-
-
-def resolve(path):
-  """`data.path` as a local path: a URL's cached copy, anything else unchanged."""
-  return cached_download(path) if is_url(path) else path
 
 
 def corpus_folder(name: str) -> pathlib.Path:

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from transformer import storage
 from transformer.data.tokenizers import SYNTHETIC_ALPHABET
 from transformer.errors import ConfigError, DataError, MissingFileError
 
@@ -294,8 +295,9 @@ class TextFile:
                drop_empty: bool = True):
     if not 0.0 <= valid_fraction < 1.0:
       raise ConfigError(f'data.valid_fraction must be in [0, 1), got {valid_fraction}')
-    from transformer.data.download import resolve
-    self.path = _check_file(Path(resolve(path)))   # an https:// URL: its cached copy
+    # A URL's corpus (gs://, s3://, https://) is read by byte offsets from a local copy,
+    # fetched once per version of it into the cache.
+    self.path = _check_file(storage.fetch(path) if storage.is_url(path) else Path(path))
     self.whole_text, self.drop_empty = whole_text, drop_empty
     self.name = self.path.stem
     self.fingerprint = _file_fingerprint(self.path, extra=(valid_fraction, whole_text,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import shutil
 import time
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from transformer import models
+from transformer import models, storage
 from transformer.train import strategy as strategy_lib
 
 
@@ -31,7 +30,9 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = 'min',
                asynchronous: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = storage.path(directory)   # a URL: Orbax writes to the bucket itself
+    if not storage.is_url(self.directory):
+      self.directory = self.directory.absolute()
     keep: list[Any] = [policies.LatestN(n=max_to_keep)]
     if best_metric:
       keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
@@ -105,12 +106,11 @@ class Checkpointer:
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored['config']
 
-  def quarantine(self, step: int) -> pathlib.Path:
+  def quarantine(self, step: int) -> storage.AnyPath:
     """Moves a damaged checkpoint out of the manager's sight (to
     `../checkpoints_damaged/<step>-<time>`), where a user can still inspect it."""
     target = self.directory.parent / 'checkpoints_damaged' / f'{step}-{int(time.time())}'
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.directory / str(step)), str(target))
+    storage.move_tree(self.directory / str(step), target)
     self.manager.reload()
     return target
 

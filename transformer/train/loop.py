@@ -39,6 +39,7 @@ from transformer.train.evaluation import Evaluator
 from transformer.train import strategy as strategy_lib
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
+from transformer import storage
 
 
 class _Preemption:
@@ -140,7 +141,7 @@ class Trainer:
       raise ValueError('the experiment has no data: build it with a workdir')
     self.experiment = experiment
     self.config = config = experiment.config
-    self.workdir = pathlib.Path(workdir or experiment.workdir)
+    self.workdir = storage.path(workdir or experiment.workdir)
     self.is_main = jax.process_index() == 0
     self.steps_per_call = config.train.steps_per_call
     self.strategy = make_strategy(config.parallelism, experiment.mesh,
@@ -375,10 +376,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        ) -> dict[str, float]:
   """What `train.py` does: set up the process, take the workdir's lock, refuse to resume
   a different model, build the experiment and run it. Returns the final evaluation."""
+  workdir = storage.path(workdir)   # a URL (gs://, s3://): etils.epath
+  storage.check_bucket(workdir)     # one line when it is missing, before anything starts
   process.setup(config)
   checked = experiment_lib.check_config(config)   # before the workdir is created or touched
   wandb_log.check(config)
-  workdir = pathlib.Path(workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   try:
@@ -393,10 +395,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           check_resume(config, saved, workdir, step)
           break
         checkpointer.close()
-      trainer = Trainer(experiment_lib.build(checked, workdir))
+      trainer = Trainer(experiment_lib.build(checked, workdir), workdir)
       return trainer.run()
   except UserError:
     # A run that could not start leaves no folder behind it (one it created, that is).
     if created and not (workdir / 'checkpoints').is_dir():
-      shutil.rmtree(workdir, ignore_errors=True)
+      storage.rmtree(workdir)
     raise

@@ -22,30 +22,46 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from transformer import storage
 
 
 class MetricWriter:
   """Appends `{"step": s, "train/loss": ...}` lines to metrics.jsonl and TensorBoard events.
 
-  Only process 0 writes; other processes get a writer that does nothing.
+  Only process 0 writes; other processes get a writer that does nothing. In a workdir on
+  an object store (a URL), whose objects are immutable, each write replaces metrics.jsonl
+  whole (one upload: a reader never sees a torn file), and the TensorBoard events are
+  written to a local spool (the workdir's cache) and copied to `workdir/tensorboard` at
+  each flush and at the end.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True,
-               resume_step: int | None = None):
+  def __init__(self, workdir, enabled: bool = True, resume_step: int | None = None):
     """`resume_step`: the checkpoint step a resumed run starts from; later lines go."""
     self.enabled = enabled
     self._tb = None
     self._opening = None
     if not enabled:
       return
-    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    if self.path.exists():
-      self._drop_after(0 if resume_step is None else resume_step)
+    workdir = storage.path(workdir)
+    self.path = workdir / 'metrics.jsonl'
+    self._remote = storage.is_url(workdir)
+    self._lines: list[str] = []
+    if self._remote:
+      self._tb_target = workdir / 'tensorboard'
+      tb_dir = storage.cache_dir('workdirs', workdir) / 'tensorboard'
+      if self.path.exists():
+        self._lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        self._drop_after(0 if resume_step is None else resume_step)
+    else:
+      tb_dir = workdir / 'tensorboard'
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if self.path.exists():
+        self._drop_after(0 if resume_step is None else resume_step)
     # tensorboardX imports PyTorch when it is installed (over a second): open the writer in
     # the background while the run starts up.
-    self._opening = threading.Thread(target=self._open_tensorboard,
-                                     args=(pathlib.Path(workdir) / 'tensorboard',), daemon=True)
+    self._tb_dir = tb_dir
+    self._opening = threading.Thread(target=self._open_tensorboard, args=(tb_dir,),
+                                     daemon=True)
     self._opening.start()
 
   def _open_tensorboard(self, directory: pathlib.Path) -> None:
@@ -63,6 +79,12 @@ class MetricWriter:
 
   def _drop_after(self, step: int) -> None:
     """Keeps the lines of steps <= `step` (written atomically: a crash here loses nothing)."""
+    if self._remote:
+      kept = [line for line in self._lines if json.loads(line)['step'] <= step]
+      if len(kept) != len(self._lines):
+        self._lines = kept
+        self._upload()
+      return
     lines = self.path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
     if len(kept) != len([line for line in lines if line.strip()]):
@@ -70,30 +92,44 @@ class MetricWriter:
       tmp.write_text(''.join(line + '\n' for line in kept))
       tmp.replace(self.path)
 
+  def _upload(self) -> None:
+    self.path.write_text(''.join(line + '\n' for line in self._lines))
+
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled or not scalars:
       return
     values = {k: v if isinstance(v, int) else float(v) for k, v in scalars.items()}
     record = {'step': int(step), **{k: v if math.isfinite(v) else None
                                     for k, v in values.items()}}
-    with self.path.open('a') as f:
-      f.write(json.dumps(record, allow_nan=False) + '\n')
+    line = json.dumps(record, allow_nan=False)
+    if self._remote:
+      self._lines.append(line)
+      self._upload()
+    else:
+      with self.path.open('a') as f:
+        f.write(line + '\n')
     if (tb := self._tensorboard()) is not None:
       for k, v in values.items():
         tb.add_scalar(k, v, int(step))
 
+  def _sync_tensorboard(self) -> None:
+    if self.enabled and self._remote and self._tb_dir.is_dir():
+      storage.upload_tree(self._tb_dir, self._tb_target)
+
   def flush(self) -> None:
     if (tb := self._tensorboard()) is not None:
       tb.flush()
+      self._sync_tensorboard()
 
   def close(self) -> None:
     if (tb := self._tensorboard()) is not None:
       tb.close()
+      self._sync_tensorboard()
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   """The records of metrics.jsonl, in order (a non-finite value reads as None)."""
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  path = storage.path(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from transformer.train import experiment as experiment_lib
-from transformer import sharding
+from transformer import sharding, storage
 from transformer.data.tokenizers import load_tokenizer, synthetic_tokenizer
 from transformer.errors import CheckpointError, UserError
 from transformer.train import checkpoint as checkpoint_lib
@@ -41,7 +41,12 @@ class Run:
 
 def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   """The tokenizer the run trained with: saved in the workdir, or rebuilt (synthetic)."""
-  directory = pathlib.Path(config.data.tokenizer_dir or workdir / 'tokenizer')
+  directory = storage.path(config.data.tokenizer_dir or workdir / 'tokenizer')
+  if storage.is_url(directory) and (directory / 'tokenizer.json').is_file():
+    # SentencePiece opens a local file: a copy in the cache, per workdir URL.
+    local = storage.cache_dir('workdirs', workdir) / 'tokenizer'
+    storage.download_tree(directory, local)
+    directory = local
   if (directory / 'tokenizer.json').is_file():
     return load_tokenizer(directory)
   if config.data.tokenizer == 'synthetic':
@@ -67,7 +72,8 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None, average_la
   before it, and `report` (e.g. a warning printer) is told; nothing is moved or deleted.
   `Run.steps` lists the checkpoints used (fewer than `average_last` if the run has fewer).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)   # a URL (gs://, s3://): etils.epath
+  storage.check_bucket(workdir)
   checkpoint_dir = workdir / 'checkpoints'
   # (Checked first because a Checkpointer would create the folder.)
   checkpointer = (checkpoint_lib.Checkpointer(checkpoint_dir, asynchronous=False)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import pathlib
 import socket
+import threading
 import time
+import uuid
 from typing import Any
 
 import ml_collections
 
+from transformer import storage
 from transformer.config import ModelConfig
 from transformer.errors import CheckpointError, UserError
 
@@ -31,15 +35,24 @@ class WorkdirLock:
   The operating system drops the lock when its process dies, however it dies, so a lock
   left by a killed trainer is simply taken over; the file's text only names the holder.
   Only process 0 of a multi-process run takes it (the others run under the same lock).
+  A workdir on an object store (a URL) has no flock: its lock is a lease (`_Lease`).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
-    self.path = pathlib.Path(workdir) / '.lock'
+  def __init__(self, workdir, enabled: bool = True, lease_seconds: float = 60.0):
     self.enabled = enabled
     self._file = None
+    self._lease = None
+    if storage.is_url(workdir):
+      self._lease = _Lease(storage.path(workdir) / '.lock', lease_seconds)
+      self.path = self._lease.path
+    else:
+      self.path = pathlib.Path(workdir) / '.lock'
 
   def __enter__(self):
     if not self.enabled:
+      return self
+    if self._lease is not None:
+      self._lease.acquire()
       return self
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path, 'a+')
@@ -54,17 +67,84 @@ class WorkdirLock:
                       'stop it, or train into another --workdir') from None
     self._file.seek(0)
     self._file.truncate()
-    self._file.write(f'PID {os.getpid()} on host {socket.gethostname()} '
-                     f'(since {time.strftime("%Y-%m-%d %H:%M:%S")})')
+    self._file.write(_holder())
     self._file.flush()
     return self
 
   def __exit__(self, *exc):
+    if self._lease is not None and self.enabled:
+      self._lease.release()
     if self._file is not None:
       self.path.unlink(missing_ok=True)
       fcntl.flock(self._file, fcntl.LOCK_UN)
       self._file.close()
       self._file = None
+
+
+def _holder() -> str:
+  return (f'PID {os.getpid()} on host {socket.gethostname()} '
+          f'(since {time.strftime("%Y-%m-%d %H:%M:%S")})')
+
+
+class _Lease:
+  """A lock object on an object store: `{"holder", "token", "expires"}`, renewed by its
+  holder every third of `seconds`. A trainer that dies stops renewing it; the next one
+  takes it over once it has expired (so a killed run's workdir is free `seconds` later).
+
+  Taking it: refuse a lease that is someone else's and unexpired; else write ours, wait
+  a moment and read it back. Object stores give read-after-write consistency, so of two
+  trainers that both wrote, only the later sees its own token and goes on.
+  """
+
+  def __init__(self, path, seconds: float, settle: float = 1.0):
+    self.path, self.seconds, self.settle = path, seconds, settle
+    self.token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _read(self) -> dict | None:
+    try:
+      return json.loads(self.path.read_text())
+    except (FileNotFoundError, ValueError):
+      return None
+
+  def _write(self) -> None:
+    self.path.write_text(json.dumps({'holder': _holder(), 'token': self.token,
+                                     'expires': time.time() + self.seconds}))
+
+  def _refuse(self, lease: dict):
+    left = max(0, int(lease['expires'] - time.time()))
+    raise UserError(f'{self.path.parent} is in use by {lease["holder"]} (its lease runs '
+                    f'{left} s more unless renewed): wait for it to finish, stop it, or '
+                    'train into another --workdir')
+
+  def acquire(self) -> None:
+    lease = self._read()
+    if lease and lease.get('token') != self.token and lease.get('expires', 0) > time.time():
+      self._refuse(lease)
+    self._write()
+    time.sleep(self.settle)
+    lease = self._read()
+    if not lease or lease.get('token') != self.token:
+      self._refuse(lease or {'holder': 'another trainer', 'expires': time.time()})
+    self._thread = threading.Thread(target=self._renew, daemon=True)
+    self._thread.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.seconds / 3):
+      lease = self._read()
+      if lease and lease.get('token') != self.token:
+        return   # taken over (we were presumed dead): the checkpoints' own atomicity holds
+      self._write()
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+    lease = self._read()
+    if lease and lease.get('token') == self.token:
+      self.path.unlink(missing_ok=True)
 
 
 def stored_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

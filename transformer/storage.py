@@ -1,0 +1,190 @@
+"""Paths that may be URLs: a run's workdir and its corpora on an object store.
+
+    workdir = storage.path('gs://bucket/run1')      # etils.epath.Path (gcsfs underneath)
+    workdir = storage.path('runs/x')                # pathlib.Path, as before
+    local = storage.cache_dir('workdirs', workdir)   # ~/.cache/transformer/... for this URL
+    text = storage.fetch('gs://bucket/input.txt')    # a local copy, made once per version
+
+Orbax writes checkpoints to the URL itself; everything else that must be a local file (the
+memory-mapped token store, SentencePiece's training files, a corpus read by offsets) lives
+in the local cache (`$TRANSFORMER_CACHE`, default `~/.cache/transformer`), keyed by the URL
+and the content, safe to delete. Credentials and endpoints are the storage libraries' own
+(`gcloud auth application-default login`, AWS's variables; `STORAGE_EMULATOR_HOST` for a
+local GCS server). There is no storage client here: `etils.epath` over fsspec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+from typing import Union
+
+from transformer.errors import UserError
+
+# The schemes a workdir or corpus may use, and the package (in the `cloud` extra) each needs.
+_BACKENDS = {'gs': 'gcsfs', 's3': 's3fs'}
+
+AnyPath = Union[pathlib.Path, 'epath.Path']  # noqa: F821
+
+
+def is_url(p) -> bool:
+  return '://' in str(p)
+
+
+class _QuietBucketType:
+  """Drops gcsfs's warning that it could not ask for a bucket's type (hierarchical
+  namespace or not) and falls back to the plain API: printed at every start wherever the
+  credentials do not allow that one call (a local server, a narrow service account), it
+  changes nothing."""
+
+  def filter(self, record) -> bool:
+    return 'Could not determine bucket type' not in record.getMessage()
+
+
+def _check_url(url: str) -> None:
+  scheme = url.split('://', 1)[0]
+  package = _BACKENDS.get(scheme)
+  if package is None:
+    raise UserError(f'{url}: unsupported URL scheme {scheme}:// (use a local path, gs:// or '
+                    's3://; a corpus may also be https://)')
+  try:
+    __import__(package)
+  except ImportError:
+    raise UserError(f'{url}: {scheme}:// paths need {package}: pip install '
+                    "'transformer[cloud]'") from None
+  if scheme == 'gs':
+    logger = logging.getLogger('gcsfs')
+    if not any(isinstance(f, _QuietBucketType) for f in logger.filters):
+      logger.addFilter(_QuietBucketType())
+
+
+def path(p) -> AnyPath:
+  """`p` as a path object: `etils.epath.Path` for a URL (after checking that its storage
+  library is installed), else `pathlib.Path`. An epath is returned as it is."""
+  if not is_url(p):
+    return pathlib.Path(p)
+  url = os.fspath(p) if not isinstance(p, str) else p
+  _check_url(url)
+  from etils import epath
+  return epath.Path(url)
+
+
+def check_bucket(p) -> None:
+  """One line when `p`'s bucket does not exist or cannot be reached (a local path passes)."""
+  if not is_url(p):
+    return
+  import fsspec
+  url = os.fspath(p)
+  _check_url(url)
+  fs, _ = fsspec.core.url_to_fs(url)
+  bucket = url.split('://', 1)[1].split('/', 1)[0]
+  try:
+    found = fs.exists(bucket)
+  except Exception as e:  # credentials, network: the library's own words, on one line
+    raise UserError(f'{url}: cannot reach bucket {bucket}: '
+                    f'{" ".join(str(e).split())[:300]}') from None
+  if not found:
+    raise UserError(f'{url}: bucket {bucket} does not exist (create it, or check the name '
+                    'and the credentials)')
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get('TRANSFORMER_CACHE') or
+                      pathlib.Path('~/.cache/transformer').expanduser())
+
+
+def cache_dir(kind: str, key) -> pathlib.Path:
+  """A local folder for `key` (a URL, say): `cache_root()/kind/<hash>`."""
+  digest = hashlib.sha256(str(key).encode()).hexdigest()[:16]
+  return cache_root() / kind / digest
+
+
+def fetch(url) -> pathlib.Path:
+  """A local copy of the file at `url`, downloaded once per version of it (keyed by the
+  URL, its size and its modification time or ETag)."""
+  import fsspec
+  url = os.fspath(url)
+  if url.split('://', 1)[0] not in ('http', 'https'):   # read-only web corpora need no extra
+    _check_url(url)
+  fs, remote = fsspec.core.url_to_fs(url)
+  try:
+    info = fs.info(remote)
+  except FileNotFoundError:
+    from transformer.errors import MissingFileError
+    raise MissingFileError(f'Data file not found: {url}') from None
+  version = (url, info.get('size'), info.get('generation') or info.get('ETag')
+             or info.get('updated') or info.get('LastModified'))
+  name = url.rstrip('/').rsplit('/', 1)[-1]
+  target = cache_dir('files', repr(version)) / name
+  if not target.is_file():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f'.{name}.{os.getpid()}.partial')
+    from tqdm import tqdm
+    with fs.open(remote, 'rb') as source, open(partial, 'wb') as out, tqdm(
+        total=info.get('size') or None, unit='B', unit_scale=True, desc=f'fetching {name}',
+        disable=(info.get('size') or 0) < (1 << 24), mininterval=1.0) as bar:
+      while block := source.read(1 << 22):   # a progress bar past 16 MB
+        out.write(block)
+        bar.update(len(block))
+    partial.replace(target)
+  return target
+
+
+def files(folder: AnyPath) -> list[str]:
+  """The paths of the files under `folder`, relative to it, sorted ([] if it is absent).
+  (epath has no recursive glob on a bucket: fsspec's `find` lists a prefix in one go.)"""
+  if not is_url(folder):
+    folder = pathlib.Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file())
+  import fsspec
+  fs, root = fsspec.core.url_to_fs(os.fspath(folder))
+  root = root.rstrip('/')
+  return sorted(f[len(root):].lstrip('/') for f in fs.find(root) if f.startswith(root + '/'))
+
+
+def download_tree(source: AnyPath, target: pathlib.Path) -> bool:
+  """Copies the files under `source` (a URL folder) into `target`, replacing it; False
+  when `source` holds nothing."""
+  names = files(source)
+  if not names:
+    return False
+  if target.exists():
+    shutil.rmtree(target)
+  for name in names:
+    local = target / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes((source / name).read_bytes())
+  return True
+
+
+def upload_tree(source: pathlib.Path, target: AnyPath) -> None:
+  """Copies the files under local `source` to `target` (a URL folder)."""
+  for f in sorted(p for p in source.rglob('*') if p.is_file()):
+    (target / str(f.relative_to(source))).write_bytes(f.read_bytes())
+
+
+def move_tree(source: AnyPath, target: AnyPath) -> None:
+  """Moves folder `source` to `target` (same store). An object store has no rename: its
+  objects are copied, then the source's deleted."""
+  if not is_url(source):
+    pathlib.Path(target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+    return
+  for name in files(source):
+    (target / name).write_bytes((source / name).read_bytes())
+  source.rmtree()
+
+
+def rmtree(p: AnyPath) -> None:
+  """Deletes folder `p` and what it holds, if it exists (errors ignored)."""
+  if not is_url(p):
+    shutil.rmtree(p, ignore_errors=True)
+    return
+  try:
+    if p.exists():
+      p.rmtree()
+  except OSError:
+    pass
