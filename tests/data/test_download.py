@@ -37,7 +37,7 @@ def server(tmp_path, monkeypatch):
   httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
-  monkeypatch.setenv('TRANSFORMER_DOWNLOADS', str(tmp_path / 'downloads'))
+  monkeypatch.setenv('TRANSFORMER_CACHE', str(tmp_path))
   try:
     yield f'http://127.0.0.1:{httpd.server_address[1]}', files, seen
   finally:
@@ -54,9 +54,13 @@ def test_a_url_is_downloaded_once_into_the_cache(server, tmp_path):
   assert path.is_relative_to(tmp_path / 'downloads')
   assert [p.name for p in path.parent.iterdir()] == ['input.txt']   # no partial file left
   assert download.cached_download(base + '/data/input.txt') == path and len(seen) == 1
-  # data.path takes the URL: the text source reads the cached copy.
+  # data.path takes the URL: the text source reads a copy fetched once into the cache.
   text = TextFile(base + '/data/input.txt', 0.1, whole_text=True)
-  assert text.path == path and len(seen) == 1
+  assert text.path.read_bytes() == files['/data/input.txt']
+  assert text.path.is_relative_to(tmp_path)
+  written = text.path.stat().st_mtime_ns
+  assert TextFile(base + '/data/input.txt', 0.1, whole_text=True).path == text.path
+  assert text.path.stat().st_mtime_ns == written   # its version asked, the copy kept
 
 
 def test_bad_status_and_bad_url_are_one_line(server):

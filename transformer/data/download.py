@@ -7,7 +7,7 @@
 fetches such a corpus once per version of it.)
 
 Each URL is fetched once into `CACHE_DIR/<hash of the URL>/<its file name>` (the variable
-TRANSFORMER_DOWNLOADS moves the cache), through a temporary file renamed at the end, so an
+TRANSFORMER_CACHE moves the whole cache), through a temporary file renamed at the end, so an
 interrupted download leaves nothing that a later run would take for the file; a progress
 bar shows on stderr. A URL that does not answer, or answers with an error status, is one
 line (`DataError`).
@@ -45,8 +45,8 @@ CORPORA: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get('TRANSFORMER_DOWNLOADS')
-                      or pathlib.Path('~/.cache/transformer/downloads').expanduser())
+  from transformer import storage
+  return storage.cache_root() / 'downloads'
 
 
 def is_url(path) -> bool:
