@@ -22,10 +22,16 @@ pytestmark = pytest.mark.slow
 OVERRIDES = {**tiny_overrides(), 'train.checkpoint_every': 5, 'train.max_to_keep': 2}
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+def free_port(candidates=(0,)) -> int:
+  """A port nothing listens on (0: the system's choice, else the first free candidate)."""
+  for candidate in candidates:
+    with socket.socket() as s:
+      try:
+        s.bind(('localhost', candidate))
+      except OSError:
+        continue
+      return s.getsockname()[1]
+  raise AssertionError('no free port')
 
 
 def host_env(extra: dict | None = None) -> dict:
@@ -111,3 +117,53 @@ def test_sigterm_on_one_host_saves_the_same_step_everywhere_and_resumes_exactly(
   losses, reference = train_losses(workdir), train_losses(tmp_path / 'straight')
   assert sorted(losses) == list(range(1, saved + 7))
   assert losses == reference                               # bitwise: floats compared equal
+
+
+def test_a_host_killed_ends_the_others_run_in_one_line_and_the_workdir_resumes(tmp_path):
+  """kill -9 of process 1 after a checkpoint: process 0 exits 3 well within the bound,
+  with one line naming process 1 and the newest checkpoint (no traceback, no native
+  abort in jax.distributed.shutdown); both processes then resume from that checkpoint."""
+  workdir = tmp_path / 'run'
+  overrides = {**OVERRIDES, 'train.num_steps': 100_000,
+               'distributed.heartbeat_timeout_seconds': 10,
+               'distributed.shutdown_timeout_seconds': 5}
+  procs = start_hosts(workdir, overrides)
+  wait_for(lambda: has_checkpoint(workdir) or any(p.poll() is not None for p in procs))
+  procs[1].send_signal(signal.SIGKILL)
+  killed = time.time()
+  stdout, stderr = procs[0].communicate(timeout=120)
+  took = time.time() - killed
+  procs[1].wait()
+  assert procs[0].returncode == 3, stderr[-3000:]
+  assert took < 30                           # well inside heartbeat + shutdown timeouts
+  assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if line.startswith(('error:', 'stopped:'))]
+  assert len(lines) == 1, stderr[-3000:]
+  newest = checkpoint_steps(workdir)[-1]
+  assert 'lost contact with process 1' in lines[0]
+  assert f'The newest checkpoint is step {newest} in ' in lines[0]
+
+  overrides['train.num_steps'] = newest + 3
+  resumed = run_hosts(workdir, overrides)
+  assert f'resuming from step {newest} of {newest + 3}' in resumed[0][1]
+  assert checkpoint_steps(workdir)[-1] == newest + 3
+
+
+def test_a_slurm_step_is_found_through_its_environment(tmp_path):
+  """`distributed.auto`: two tasks of a simulated SLURM step on this host find each other
+  the way `srun python train.py --config.distributed.auto=True` would start them."""
+  port = free_port(range(61440, 65536))   # JAX's coordinator: 61440 + job id % 4096
+  slurm = {'SLURM_JOB_ID': str(port - 61440 + 4096 * 7), 'SLURM_STEP_NODELIST': 'localhost',
+           'SLURM_STEP_NUM_NODES': '1', 'SLURM_NTASKS': '2', 'SLURM_NNODES': '1'}
+  overrides = {**OVERRIDES, 'train.num_steps': 6, 'distributed.auto': True}
+  procs = [subprocess.Popen(
+      [sys.executable, 'train.py', f'--workdir={tmp_path}', *flag_args(overrides)], cwd=REPO,
+      env=host_env({**slurm, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)}),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  results = finish(procs)
+  for rc, _, stderr in results:
+    assert rc == 0, stderr[-3000:]
+  assert 'devices: 2 x cpu in 2 process(es)' in results[0][1]
+  assert 'devices:' not in results[1][1]          # process 1 prints nothing of its own
+  assert sorted(train_losses(tmp_path)) == list(range(1, 7))
+  assert checkpoint_steps(tmp_path) == [5, 6]

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
-from transformer.errors import RunStopped, UserError
+from transformer.errors import HostLost, RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
@@ -260,6 +260,25 @@ class Trainer:
               'position (the data order differs from an uninterrupted run)')
     return states[0]
 
+  def _host_lost(self, error: BaseException) -> HostLost:
+    """The one line of a survivor: who was lost, and the checkpoint the run resumes from."""
+    count, me = jax.process_count(), jax.process_index()
+    others = [i for i in range(count) if i != me]
+    # A collective fails on every survivor at once; which peer closed it, it does not say
+    # (the coordination service knows only after its heartbeat timeout, when it aborts
+    # every survivor natively), so with more than two processes the line names them all.
+    who = (f'process {others[0]}' if len(others) == 1
+           else 'one of processes ' + ', '.join(map(str, others)))
+    folder = self.checkpointer.directory
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+    reason = ' '.join(str(error).split())[:160]
+    where = (f'The newest checkpoint is step {steps[-1]} in {folder}: start every process '
+             'again to resume from it' if steps else
+             'No checkpoint was written yet: start every process again')
+    logging.info('process %d of %d: lost %s: %s', me, count, who, error)
+    return HostLost(f'process {me} of {count} lost contact with {who} ({reason}). {where}')
+
   def _say(self, line: str) -> None:
     """A line for the user on stdout (process 0), also logged."""
     logging.info(line)
@@ -338,6 +357,11 @@ class Trainer:
              if last is not None else 'No checkpoint was written yet: restart ')
           + 'with a lower optim.learning_rate (or train.skip_nonfinite=N to skip up to N '
           'such steps)') from None
+    except Exception as error:   # noqa: BLE001 - a lost host is told apart below
+      if not _peer_failure(error):
+        raise
+      bar.close()
+      raise self._host_lost(error) from None
     bar.close()
     step = int(self.strategy.one_copy(state.step))
     if (preempted or num_steps > start) and step not in self.checkpointer.all_steps():
@@ -403,6 +427,21 @@ class Trainer:
           self.save(state, iterator, eval_metrics if evaluate else None)
     drain()
     return state, eval_metrics, False
+
+
+# What a collective or the coordination service says when a peer process died or is
+# unreachable (gloo on CPUs, NCCL on GPUs, the coordination service's gRPC).
+_PEER_FAILURE_MARKERS = ('gloo', 'nccl', 'connection reset', 'connection closed',
+                         'connection refused', 'socket closed', 'heartbeat', 'unavailable:',
+                         'broken pipe', 'end of file', 'task is set to error')
+
+
+def _peer_failure(error: BaseException) -> bool:
+  """Whether `error`, in a multi-process run, is another process lost (not a bug here)."""
+  if jax.process_count() == 1 or isinstance(error, (_NonFinite, UserError)):
+    return False
+  text = ' '.join(str(e) for e in (error, error.__cause__, error.__context__) if e).lower()
+  return any(marker in text for marker in _PEER_FAILURE_MARKERS)
 
 
 PROCESS_STATES = 'process_states'   # the data item of a multi-process run's checkpoint
