@@ -105,7 +105,7 @@ def test_sigterm_on_one_host_saves_the_same_step_everywhere_and_resumes_exactly(
   for rc, _, stderr in results:
     assert rc == 0, stderr[-3000:]
   saved = int(results[0][1].split('preempted: checkpoint saved at step')[1].split()[0])
-  assert checkpoint_steps(workdir)[-1] == saved > 5
+  assert checkpoint_steps(workdir)[-1] == saved >= 5
   data = json.loads((workdir / 'checkpoints' / str(saved) / 'data' / 'metadata').read_text())
   positions = [s['next_index'] for s in data['process_states']]
   assert len(positions) == 2 and positions[0] != positions[1]   # packed shards differ
