@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests.helpers import REPO, checkpoint_steps, flag_args, tiny_overrides
