@@ -44,6 +44,15 @@ def restore_reason(error: BaseException) -> str:
   return f'{type(error).__name__}: {text[:200]}' if text else type(error).__name__
 
 
+class HostLost(RunStopped):
+  """Another process of a multi-host run died or became unreachable.
+
+  This process can neither go on nor shut down cleanly (JAX's distributed shutdown waits
+  for every process, then aborts natively), so the command lines leave with `os._exit`
+  right after its line.
+  """
+
+
 # --- the command lines' side: one line per user error ---------------------------------------
 
 def report(error: BaseException, *, debug: bool = False) -> int:
@@ -62,6 +71,14 @@ def guarded(fn, *args, debug: bool = False) -> int:
   """`fn(*args)` (an int exit status or None), with user errors reported in one line."""
   try:
     return fn(*args) or 0
+  except HostLost as error:
+    import logging
+    import os
+    import sys
+    code = report(error, debug=debug)
+    sys.stdout.flush()
+    logging.shutdown()
+    os._exit(code)   # skips jax.distributed.shutdown, which would abort waiting for the lost
   except (UserError, RunStopped) as error:
     return report(error, debug=debug)
 

@@ -112,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
       process_id=0,               # this process's index (0 is the coordinator)
       coordinator_address='',     # host:port of process 0
       auto=False,                 # True: jax.distributed.initialize() discovers the cluster
+                                  # (TPU VM pods, SLURM, Open MPI, Kubernetes)
+      heartbeat_timeout_seconds=60,  # a process silent this long is lost: the others stop
+      shutdown_timeout_seconds=30,   # how long a finishing process waits for the others
   ))
   return c
 

@@ -14,6 +14,7 @@ before every checkpoint, so no checkpoint follows a step whose loss was not fini
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import shutil
 import math
@@ -25,11 +26,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from transformer.train import experiment as experiment_lib
 from transformer import errors
-from transformer.errors import RunStopped, UserError
+from transformer.errors import HostLost, RunStopped, UserError
 from transformer.tasks import DecodeSettings
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
@@ -43,13 +45,26 @@ from transformer import storage
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """SIGTERM (or the TPU maintenance notice JAX sees) as a decision the loop checks before
+  each call: `stop()` answers the same on every process at the same call.
+
+  One process: a Python handler sets a flag. Several: JAX's preemption service (started by
+  `jax.distributed.initialize`) catches the signal on whichever host gets it, and
+  `reached_preemption_sync_point` agrees on the first call every process can still reach,
+  so all of them save the same step; a flag of our own would stop only the signalled
+  process and leave the others waiting in the next collective forever.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._calls = 0
+    self.synced = (jax.process_count() > 1 and jax.distributed.is_initialized()
+                   and jax.config.jax_enable_preemption_service)
 
   def __enter__(self):
+    if self.synced:
+      return self    # the preemption service's own handler must keep the signal
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no signal handling
@@ -59,6 +74,15 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def stop(self) -> bool:
+    """Whether to stop before the next call (call it once per call, on every process)."""
+    if self.synced:
+      # Counted in calls, not steps: the service's sync point is the highest count any
+      # process reported plus one, which every process reaches.
+      self._calls += 1
+      self.requested = multihost_utils.reached_preemption_sync_point(self._calls)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -215,7 +239,7 @@ class Trainer:
                   'trying the one before it')
         continue
       if data_state:
-        iterator.set_state(data_state)
+        iterator.set_state(self._own_data_state(data_state, step))
       return self.strategy.put_state(state), iterator, step
     return (self.strategy.put_state(self.experiment.init_state(self.experiment.rng)),
             iterator, None)
@@ -223,8 +247,40 @@ class Trainer:
   def save(self, state, iterator, metrics=None) -> None:
     host_state = self.strategy.one_copy(state)
     step = int(jax.device_get(host_state.step))
-    self.checkpointer.save(step, host_state, iterator.get_state(), self.config.to_dict(),
-                           metrics=metrics)
+    self.checkpointer.save(step, host_state, _gathered_data_state(iterator),
+                           self.config.to_dict(), metrics=metrics)
+
+  def _own_data_state(self, data_state: dict, step: int) -> dict:
+    """This process's data position out of a checkpoint's data item."""
+    if PROCESS_STATES not in data_state:
+      return data_state        # written by one process
+    states = data_state[PROCESS_STATES]
+    if len(states) == jax.process_count():
+      return states[jax.process_index()]
+    # Another process count shards the data differently: no position maps exactly.
+    self._say(f'checkpoint {step} was written by {len(states)} processes, this run has '
+              f'{jax.process_count()}: every process resumes from process 0\'s data '
+              'position (the data order differs from an uninterrupted run)')
+    return states[0]
+
+  def _host_lost(self, error: BaseException) -> HostLost:
+    """The one line of a survivor: who was lost, and the checkpoint the run resumes from."""
+    count, me = jax.process_count(), jax.process_index()
+    others = [i for i in range(count) if i != me]
+    # A collective fails on every survivor at once; which peer closed it, it does not say
+    # (the coordination service knows only after its heartbeat timeout, when it aborts
+    # every survivor natively), so with more than two processes the line names them all.
+    who = (f'process {others[0]}' if len(others) == 1
+           else 'one of processes ' + ', '.join(map(str, others)))
+    folder = self.checkpointer.directory
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+    reason = ' '.join(str(error).split())[:160]
+    where = (f'The newest checkpoint is step {steps[-1]} in {folder}: start every process '
+             'again to resume from it' if steps else
+             'No checkpoint was written yet: start every process again')
+    logging.info('process %d of %d: lost %s: %s', me, count, who, error)
+    return HostLost(f'process {me} of {count} lost contact with {who} ({reason}). {where}')
 
   def _say(self, line: str) -> None:
     """A line for the user on stdout (process 0), also logged."""
@@ -305,6 +361,11 @@ class Trainer:
              if last is not None else 'No checkpoint was written yet: restart ')
           + 'with a lower optim.learning_rate (or train.skip_nonfinite=N to skip up to N '
           'such steps)') from None
+    except Exception as error:   # noqa: BLE001 - a lost host is told apart below
+      if not _peer_failure(error):
+        raise
+      bar.close()
+      raise self._host_lost(error) from None
     bar.close()
     step = int(self.strategy.one_copy(state.step))
     if (preempted or num_steps > start) and step not in self.checkpointer.all_steps():
@@ -338,7 +399,7 @@ class Trainer:
     step = start
     with _Preemption() as preemption:
       while step < num_steps:
-        if preemption.requested:
+        if preemption.stop():
           drain()
           log.write(step)   # the window before the signal, labelled with its steps
           return state, eval_metrics, True
@@ -370,6 +431,40 @@ class Trainer:
           self.save(state, iterator, eval_metrics if evaluate else None)
     drain()
     return state, eval_metrics, False
+
+
+# What a collective or the coordination service says when a peer process died or is
+# unreachable (gloo on CPUs, NCCL on GPUs, the coordination service's gRPC).
+_PEER_FAILURE_MARKERS = ('gloo', 'nccl', 'connection reset', 'connection closed',
+                         'connection refused', 'socket closed', 'heartbeat', 'unavailable:',
+                         'broken pipe', 'end of file', 'task is set to error')
+
+
+def _peer_failure(error: BaseException) -> bool:
+  """Whether `error`, in a multi-process run, is another process lost (not a bug here)."""
+  if jax.process_count() == 1 or isinstance(error, (_NonFinite, UserError)):
+    return False
+  text = ' '.join(str(e) for e in (error, error.__cause__, error.__context__) if e).lower()
+  return any(marker in text for marker in _PEER_FAILURE_MARKERS)
+
+
+PROCESS_STATES = 'process_states'   # the data item of a multi-process run's checkpoint
+
+
+def _gathered_data_state(iterator) -> dict:
+  """The data iterator's position, for the checkpoint: one process's own state, or with
+  several processes `{PROCESS_STATES: [process 0's, process 1's, ...]}` (each shard has
+  its own position; Orbax writes the item from process 0 only)."""
+  own = iterator.get_state()
+  if jax.process_count() == 1:
+    return own
+  encoded = np.frombuffer(json.dumps(own).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:encoded.size] = encoded
+  every = multihost_utils.process_allgather(padded)
+  return {PROCESS_STATES: [json.loads(row[:int(size)].tobytes().decode())
+                           for row, size in zip(every, sizes.reshape(-1))]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path

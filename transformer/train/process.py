@@ -37,11 +37,15 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
     return
   # CPU processes talk through gloo (GPUs and TPUs bring their own collectives).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  timeouts = dict(heartbeat_timeout_seconds=dist.heartbeat_timeout_seconds,
+                  shutdown_timeout_seconds=dist.shutdown_timeout_seconds)
   if dist.num_processes > 1:
     jax.distributed.initialize(coordinator_address=dist.coordinator_address,
-                               num_processes=dist.num_processes, process_id=dist.process_id)
+                               num_processes=dist.num_processes, process_id=dist.process_id,
+                               **timeouts)
   else:
-    jax.distributed.initialize()  # pods and SLURM clusters describe themselves
+    # TPU VM pods, SLURM steps, Open MPI and Kubernetes jobs describe themselves.
+    jax.distributed.initialize(**timeouts)
 
 
 def setup(config: ml_collections.ConfigDict) -> None:
