@@ -152,11 +152,14 @@ def _gib(n: float) -> str:
   return f'{n / chips.GiB:.2f} GiB'
 
 
-def _compiler_bytes(message: str) -> float | None:
-  match = re.search(r'(\d+(?:\.\d+)?)([KMGT])\b', message)
-  if not match:
-    return None
-  return float(match.group(1)) * 1024 ** ' KMGT'.index(match.group(2))
+def _compiler_bytes(message: str) -> tuple[float | None, float | None]:
+  """(bytes needed, bytes available) in the compiler's RESOURCE_EXHAUSTED message, e.g.
+  'the total memory required for HLO temporaries (24.05G) exceeds available HBM (15.75G)'."""
+  sizes = [float(m.group(1)) * 1024 ** ' KMGT'.index(m.group(2))
+           for m in re.finditer(r'(\d+(?:\.\d+)?)([KMGT])\b', message)]
+  if not sizes:
+    return None, None
+  return sizes[0], (sizes[-1] if len(sizes) > 1 else None)
 
 
 def fixes(config, mesh: Mesh) -> list[str]:
@@ -176,17 +179,33 @@ def fixes(config, mesh: Mesh) -> list[str]:
 
 
 def _refuse(needed: float | None, chip: chips.Chip, kind: str, config, mesh: Mesh,
-            topology_name: str) -> DoesNotFit:
+            topology_name: str, available: float | None = None) -> DoesNotFit:
   need = f'needs {_gib(needed)} per chip' if needed else 'needs more memory per chip'
+  if available:   # the compiler's figure: its temporaries alone
+    need = f'needs {_gib(needed)} of temporaries alone per chip'
+  usable = f' ({_gib(available)} usable)' if available else ''
   return DoesNotFit(
       f'the train step does not fit {topology_name}: it {need}, a {kind} chip has '
-      f'{_gib(chip.hbm_bytes)}; cheapest fixes in order: {"; ".join(fixes(config, mesh))}')
+      f'{_gib(chip.hbm_bytes)}{usable}; cheapest fixes in order: '
+      f'{"; ".join(fixes(config, mesh))}')
 
 
-def compile_plan(config, topology_name: str) -> dict[str, Any]:
-  """Compiles `config`'s train step for the TPU slice `topology_name` (e.g. 'v5e:4x4') and
-  returns the plan (per chip unless named otherwise); raises `DoesNotFit` (a `UserError`)
-  when it needs more than the chip's HBM, `ConfigError` for a config that cannot run."""
+@dataclasses.dataclass
+class CompiledStep:
+  """A config's train step compiled for a TPU slice, with what made it."""
+
+  topology_name: str
+  chip: chips.Chip
+  config: Any                 # the config as compiled (cpu_matmul resolved)
+  mesh: Mesh
+  experiment: Any             # experiment.Experiment
+  lowered: Any
+  compiled: Any
+  compile_seconds: float
+
+
+def lower_step(config, topology_name: str):
+  """(config as compiled, mesh, experiment, lowered train step) for the TPU slice."""
   from transformer.train import experiment as experiment_lib
   from transformer.train.strategy import JitStrategy
 
@@ -194,15 +213,12 @@ def compile_plan(config, topology_name: str) -> dict[str, Any]:
     raise ConfigError(f"--compile_for compiles the 'jit' strategy, not config.parallelism="
                       f'{config.parallelism!r}: set --config.parallelism=jit')
   topology = get_topology(topology_name)
-  devices = topology.devices
-  chip = chips.chip_for_topology(topology_name)
-  kind = devices[0].device_kind
   config = copy.deepcopy(config)
   with config.unlocked():
     if config.model.get('cpu_matmul') is None:
       # None means "on a CPU backend", which this host is; the program is for TPUs.
       config.model.cpu_matmul = False
-  mesh = slice_mesh(config.mesh.to_dict(), devices)
+  mesh = slice_mesh(config.mesh.to_dict(), topology.devices)
   checked = experiment_lib.check_config(config, mesh=mesh)
   vocab = vocab_size(config)
   experiment = experiment_lib.build(checked, vocab_size=vocab)
@@ -210,21 +226,35 @@ def compile_plan(config, topology_name: str) -> dict[str, Any]:
   strategy = JitStrategy(mesh, experiment.state_sharding, experiment.train_fn,
                          experiment.eval_fn, steps_per_call)
   batch = abstract_batch(config, checked.task, mesh, steps_per_call, vocab)
+  return config, mesh, experiment, strategy.train.lower(experiment.abstract_state, batch)
+
+
+def compile_step(config, topology_name: str) -> CompiledStep:
+  """Compiles the train step; raises `DoesNotFit` when the compiler runs out of HBM."""
+  chip = chips.chip_for_topology(topology_name)
+  config, mesh, experiment, lowered = lower_step(config, topology_name)
   start = time.perf_counter()
-  lowered = strategy.train.lower(experiment.abstract_state, batch)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
-    raise _refuse(_compiler_bytes(str(error).split('RESOURCE_EXHAUSTED', 1)[1]), chip, kind,
-                  config, mesh, topology_name) from None
-  compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis() or {}
+    needed, available = _compiler_bytes(str(error).split('RESOURCE_EXHAUSTED', 1)[1])
+    raise _refuse(needed, chip, mesh.devices.flat[0].device_kind, config, mesh,
+                  topology_name, available) from None
+  return CompiledStep(topology_name, chip, config, mesh, experiment, lowered, compiled,
+                      time.perf_counter() - start)
+
+
+def make_plan(step: CompiledStep) -> dict[str, Any]:
+  """The plan of a compiled step (per chip unless named otherwise)."""
+  config, experiment, chip, mesh = step.config, step.experiment, step.chip, step.mesh
+  memory = step.compiled.memory_analysis()
+  cost = step.compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  n = len(devices)
+  devices = mesh.devices.flat
+  n = mesh.devices.size
   needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   model_flops = model_flops_per_step(experiment, config) / n
@@ -234,10 +264,11 @@ def compile_plan(config, topology_name: str) -> dict[str, Any]:
     accessed *= model_flops / program_flops
   compute_s = model_flops / chip.peak_bf16_flops
   step_s = max(compute_s, accessed / chip.hbm_bytes_per_second)
-  params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(experiment.abstract_state.params))
-  plan = {
-      'topology': topology_name, 'device_kind': kind, 'num_devices': n,
-      'num_hosts': len({d.process_index for d in devices}),
+  steps_per_call = config.train.steps_per_call
+  leaves = jax.tree.leaves(experiment.abstract_state.params)
+  return {
+      'topology': step.topology_name, 'device_kind': mesh.devices.flat[0].device_kind,
+      'num_devices': n, 'num_hosts': len({d.process_index for d in devices}),
       'mesh': dict(mesh.shape),
       'arguments_bytes': memory.argument_size_in_bytes,
       'output_bytes': memory.output_size_in_bytes,
@@ -246,8 +277,11 @@ def compile_plan(config, topology_name: str) -> dict[str, Any]:
       'needed_bytes': needed,
       'hbm_bytes': chip.hbm_bytes,
       'fits': needed <= chip.hbm_bytes,
-      'parameters': sum(x.size for x in jax.tree.leaves(experiment.abstract_state.params)),
-      'parameter_bytes_total': params,
+      # The train state's bytes per chip by its shardings (before the TPU's tile padding).
+      'state_bytes': sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                         for x in jax.tree.leaves(experiment.abstract_state)),
+      'parameters': sum(x.size for x in leaves),
+      'parameter_bytes_total': sum(x.size * x.dtype.itemsize for x in leaves),
       'flops_per_step': program_flops,
       'model_flops_per_step': model_flops,
       'steps_per_call': steps_per_call,
@@ -255,11 +289,20 @@ def compile_plan(config, topology_name: str) -> dict[str, Any]:
       'estimated_mfu': compute_s / step_s if step_s else 0.0,
       'estimate': 'roofline from the data sheet: max(model FLOPs / peak bf16, bytes accessed '
                   '/ HBM bandwidth); collectives not timed',
-      'collectives': count_collectives(compiled.as_text()),
-      'compile_seconds': compile_seconds,
+      'collectives': count_collectives(step.compiled.as_text()),
+      'compile_seconds': step.compile_seconds,
   }
+
+
+def compile_plan(config, topology_name: str) -> dict[str, Any]:
+  """Compiles `config`'s train step for the TPU slice `topology_name` (e.g. 'v5e:4x4') and
+  returns its plan; raises `DoesNotFit` (a `UserError`) when it needs more than the chip's
+  HBM, `ConfigError` for a config that cannot run."""
+  step = compile_step(config, topology_name)
+  plan = make_plan(step)
   if not plan['fits']:
-    raise _refuse(needed, chip, kind, config, mesh, topology_name)
+    raise _refuse(plan['needed_bytes'], step.chip, plan['device_kind'], step.config,
+                  step.mesh, topology_name)
   return plan
 
 
