@@ -144,6 +144,8 @@ def test_without_libtpu_one_line_names_the_extra(monkeypatch):
 
 @pytest.mark.slow
 def test_a_multi_host_slice_compiles_from_one_process():
-  plan = plan_lib.compile_plan(_config(data=-1), 'v5e:8x8')
+  config = _config(data=-1)
+  config.train.batch_size = 64
+  plan = plan_lib.compile_plan(config, 'v5e:8x8')
   assert plan['num_devices'] == 64 and plan['num_hosts'] == 16
   assert plan['mesh']['data'] == 64 and plan['fits']
