@@ -37,7 +37,8 @@ def main(argv):
     # unless asked (--verbosity=0 restores INFO).
     logging.set_verbosity(logging.WARNING)
   if flags.FLAGS.compile_for:   # no cache: the programs are for another machine
-    return compile_for(flags.FLAGS.config, flags.FLAGS.compile_for, flags.FLAGS.plan_json)
+    return compile_for(flags.FLAGS.config, flags.FLAGS.compile_for, flags.FLAGS.plan_json,
+                       flags.FLAGS.num_slices)
   cache = flags.FLAGS.compilation_cache
   if cache and not jax.config.jax_compilation_cache_dir:  # the environment's wins
     jax.config.update('jax_compilation_cache_dir', cache)
@@ -54,12 +55,14 @@ def main(argv):
     print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
 
 
-def compile_for(config, topology: str, plan_json: str | None) -> None:
+def compile_for(config, topology: str, plan_json: str | None, num_slices: int = 1) -> None:
   import json
 
   from transformer.train import plan as plan_lib
 
-  plan = plan_lib.compile_plan(config, topology)
+  if num_slices < 1:
+    raise errors.UserError(f'--num_slices must be >= 1, not {num_slices}')
+  plan = plan_lib.compile_plan(config, topology, num_slices)
   print(plan_lib.table(plan))
   warning = plan_lib.warning(plan)
   if warning:
@@ -84,6 +87,8 @@ def define_flags():
       'compile_for', None, 'Train nothing: compile the train step for this TPU slice (e.g. '
       'v5e:4x4) and print whether it fits and its estimated step time (needs the tpu extra).')
   flags.DEFINE_string('plan_json', None, 'With --compile_for: write the plan here as JSON.')
+  flags.DEFINE_integer('num_slices', 1, 'With --compile_for: that many slices joined over the '
+                       "data-center network (the mesh's data axis spans them).")
   flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too.')
 
 

@@ -150,3 +150,11 @@ def test_a_multi_host_slice_compiles_from_one_process():
   plan = plan_lib.compile_plan(config, 'v5e:8x8')
   assert plan['num_devices'] == 64 and plan['num_hosts'] == 16
   assert plan['mesh']['data'] == 64 and plan['fits']
+
+
+@pytest.mark.slow
+def test_two_slices_over_the_dcn_compile_with_data_across_them():
+  plan = plan_lib.compile_plan(_config(data=-1), TOPOLOGY, num_slices=2)
+  assert plan['num_devices'] == 8 and plan['num_slices'] == 2
+  assert plan['mesh'] == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert plan['collectives']['all-reduce'] > 0

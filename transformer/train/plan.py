@@ -63,8 +63,9 @@ def _quiet_libtpu() -> None:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 
-def get_topology(name: str):
-  """The compile-only devices of a TPU topology such as 'v5e:4x4'."""
+def get_topology(name: str, num_slices: int = 1):
+  """The compile-only devices of a TPU topology such as 'v5e:4x4' (`num_slices` of them,
+  joined over the data-center network)."""
   if importlib.util.find_spec('libtpu') is None:
     raise UserError("--compile_for needs libtpu: install the extra, pip install -e '.[tpu]'")
   chip = chips.chip_for_topology(name)
@@ -74,6 +75,9 @@ def get_topology(name: str):
   _quiet_libtpu()
   from jax.experimental import topologies
   try:
+    if num_slices > 1:
+      return topologies.get_topology_desc(platform='tpu', topology_name=name,
+                                          num_slices=num_slices)
     return topologies.get_topology_desc(platform='tpu', topology_name=name)
   except (jax.errors.JaxRuntimeError, ValueError, RuntimeError) as error:
     raise UserError(f'--compile_for={name}: libtpu made no such TPU topology '
@@ -81,14 +85,22 @@ def get_topology(name: str):
                     'v4:2x2x2') from error
 
 
-def slice_mesh(mesh_config: dict[str, int], devices) -> Mesh:
-  """The config's mesh over all of the slice's chips, laid out along its torus."""
+def slice_mesh(mesh_config: dict[str, int], devices, num_slices: int = 1) -> Mesh:
+  """The config's mesh over all of the slice's chips, laid out along its torus; over
+  several slices, the data axis spans them (only its gradient sum crosses the DCN)."""
   from jax.experimental import mesh_utils
   sizes = sharding.make_mesh(mesh_config, devices=devices).devices.shape
   if math.prod(sizes) != len(devices):
     raise ConfigError(f'config.mesh {mesh_config} uses {math.prod(sizes)} of the slice\'s '
                       f'{len(devices)} chips: make one axis -1 or multiply to {len(devices)}')
-  grid = mesh_utils.create_device_mesh(sizes, list(devices))
+  if num_slices > 1:
+    if sizes[0] % num_slices:
+      raise ConfigError(f'config.mesh data={sizes[0]} does not split over {num_slices} '
+                        'slices: the data axis spans the slices')
+    ici = (sizes[0] // num_slices, *sizes[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), list(devices))
+  else:
+    grid = mesh_utils.create_device_mesh(sizes, list(devices))
   return Mesh(grid, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * len(sizes))
 
 
@@ -195,6 +207,7 @@ class CompiledStep:
   """A config's train step compiled for a TPU slice, with what made it."""
 
   topology_name: str
+  num_slices: int
   chip: chips.Chip
   config: Any                 # the config as compiled (cpu_matmul resolved)
   mesh: Mesh
@@ -204,7 +217,7 @@ class CompiledStep:
   compile_seconds: float
 
 
-def lower_step(config, topology_name: str):
+def lower_step(config, topology_name: str, num_slices: int = 1):
   """(config as compiled, mesh, experiment, lowered train step) for the TPU slice."""
   from transformer.train import experiment as experiment_lib
   from transformer.train.strategy import JitStrategy
@@ -212,13 +225,13 @@ def lower_step(config, topology_name: str):
   if config.parallelism != 'jit':
     raise ConfigError(f"--compile_for compiles the 'jit' strategy, not config.parallelism="
                       f'{config.parallelism!r}: set --config.parallelism=jit')
-  topology = get_topology(topology_name)
+  topology = get_topology(topology_name, num_slices)
   config = copy.deepcopy(config)
   with config.unlocked():
     if config.model.get('cpu_matmul') is None:
       # None means "on a CPU backend", which this host is; the program is for TPUs.
       config.model.cpu_matmul = False
-  mesh = slice_mesh(config.mesh.to_dict(), topology.devices)
+  mesh = slice_mesh(config.mesh.to_dict(), topology.devices, num_slices)
   checked = experiment_lib.check_config(config, mesh=mesh)
   vocab = vocab_size(config)
   experiment = experiment_lib.build(checked, vocab_size=vocab)
@@ -229,10 +242,10 @@ def lower_step(config, topology_name: str):
   return config, mesh, experiment, strategy.train.lower(experiment.abstract_state, batch)
 
 
-def compile_step(config, topology_name: str) -> CompiledStep:
+def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledStep:
   """Compiles the train step; raises `DoesNotFit` when the compiler runs out of HBM."""
   chip = chips.chip_for_topology(topology_name)
-  config, mesh, experiment, lowered = lower_step(config, topology_name)
+  config, mesh, experiment, lowered = lower_step(config, topology_name, num_slices)
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -242,8 +255,8 @@ def compile_step(config, topology_name: str) -> CompiledStep:
     needed, available = _compiler_bytes(str(error).split('RESOURCE_EXHAUSTED', 1)[1])
     raise _refuse(needed, chip, mesh.devices.flat[0].device_kind, config, mesh,
                   topology_name, available) from None
-  return CompiledStep(topology_name, chip, config, mesh, experiment, lowered, compiled,
-                      time.perf_counter() - start)
+  return CompiledStep(topology_name, num_slices, chip, config, mesh, experiment, lowered,
+                      compiled, time.perf_counter() - start)
 
 
 def make_plan(step: CompiledStep) -> dict[str, Any]:
@@ -269,6 +282,7 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
   return {
       'topology': step.topology_name, 'device_kind': mesh.devices.flat[0].device_kind,
       'num_devices': n, 'num_hosts': len({d.process_index for d in devices}),
+      'num_slices': step.num_slices,
       'mesh': dict(mesh.shape),
       'arguments_bytes': memory.argument_size_in_bytes,
       'output_bytes': memory.output_size_in_bytes,
@@ -294,11 +308,11 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
   }
 
 
-def compile_plan(config, topology_name: str) -> dict[str, Any]:
+def compile_plan(config, topology_name: str, num_slices: int = 1) -> dict[str, Any]:
   """Compiles `config`'s train step for the TPU slice `topology_name` (e.g. 'v5e:4x4') and
   returns its plan; raises `DoesNotFit` (a `UserError`) when it needs more than the chip's
   HBM, `ConfigError` for a config that cannot run."""
-  step = compile_step(config, topology_name)
+  step = compile_step(config, topology_name, num_slices)
   plan = make_plan(step)
   if not plan['fits']:
     raise _refuse(plan['needed_bytes'], step.chip, plan['device_kind'], step.config,
@@ -312,7 +326,9 @@ def table(plan: dict[str, Any]) -> str:
   used = plan['needed_bytes'] / plan['hbm_bytes']
   collectives = ', '.join(f'{k} {v}' for k, v in plan['collectives'].items() if v) or 'none'
   rows = [
-      ('slice', f'{plan["topology"]}: {plan["num_devices"]} x {plan["device_kind"]} '
+      ('slice', f'{plan["topology"]}'
+                f'{" x " + str(plan["num_slices"]) + " slices" if plan["num_slices"] > 1 else ""}'
+                f': {plan["num_devices"]} x {plan["device_kind"]} '
                 f'({plan["num_hosts"]} host(s)), mesh {mesh}'),
       ('memory per chip', f'{_gib(plan["needed_bytes"])} of {_gib(plan["hbm_bytes"])} '
                           f'({used:.0%}): arguments {_gib(plan["arguments_bytes"])}, '
