@@ -4,8 +4,8 @@ For each config and slice, the train step is compiled for the slice on this host
 (`transformer.train.plan`, libtpu: `pip install -e '.[tpu]'`) over two meshes: data parallel
 (every chip holds the whole state) and fully sharded (fsdp over every chip). Per chip: the
 memory the compiler counts (arguments + outputs not aliased + temporaries), whether it fits,
-and the roofline estimate of step time and MFU from the chip's data sheet (an upper bound,
-not a measurement: see plan.py). The mesh picked is the data-parallel one when it fits
+and the roofline estimate of step time and MFU from the chip's data sheet (an estimate to
+compare by, not a measurement: see plan.py). The mesh picked is the data-parallel one when it fits
 within 90% of the chip's HBM (no parameter gathers), else the fsdp one.
 
     python benchmarks/tpu_plans.py [--configs lm1b lm1b_deep] [--topologies v5e:4x4]

@@ -16,9 +16,10 @@ roofline *estimate* from the chip's data sheet (`transformer.chips`):
 
 Model FLOPs come from the task's `flops_per_token` (full rows: packed data), not from the
 compiled program, whose `cost_analysis()` counts a loop's body once (scanned layers,
-`steps_per_call`); the accessed bytes are scaled up by the same undercount. Collectives
-are counted (by kind, each instruction once, loop bodies once) but not timed: the estimate
-is an upper bound on MFU, not a measurement.
+`steps_per_call`); the accessed bytes are scaled up by the same undercount, which overstates
+the traffic outside the loop (the optimizer's update) for a scanned model. Collectives are
+counted (by kind, each instruction once, loop bodies once) but not timed. So the estimate
+errs both ways: a figure to compare meshes and chips by, not a measurement.
 
 A step that does not fit (the compiler refuses, or the plan exceeds the chip's HBM) raises
 `DoesNotFit`, a `UserError`: one line with the bytes needed per chip against the chip's and
