@@ -3,6 +3,11 @@
 Any config field can be overridden: `--config.train.num_steps=100`. Running again on the
 same workdir resumes from its newest checkpoint, data position included.
 
+`--compile_for v5e:4x4 [--plan_json P]` trains nothing: it compiles the config's train step
+for that TPU slice on this host (libtpu: `pip install -e '.[tpu]'`), prints whether it fits
+and a roofline estimate of its step time, and touches no workdir (see
+transformer/train/plan.py).
+
 A mistake in the config, the data, the workdir or the command line is reported as one line
 (`error: ...`) with exit status 2; a run stopped on purpose (a loss that is not finite) as
 one line with exit status 3. `--debug` shows their tracebacks; anything else is a bug and
@@ -32,6 +37,9 @@ def main(argv):
     # Orbax logs every save at INFO: keep the console to the progress bar and summaries
     # unless asked (--verbosity=0 restores INFO).
     logging.set_verbosity(logging.WARNING)
+  if flags.FLAGS.compile_for:   # no cache: the programs are for another machine
+    return compile_for(flags.FLAGS.config, flags.FLAGS.compile_for, flags.FLAGS.plan_json,
+                       flags.FLAGS.num_slices)
   cache = flags.FLAGS.compilation_cache
   if cache and not jax.config.jax_compilation_cache_dir:  # the environment's wins
     jax.config.update('jax_compilation_cache_dir', cache)
@@ -49,6 +57,22 @@ def main(argv):
     print('final eval: ' + ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
 
 
+def compile_for(config, topology: str, plan_json: str | None, num_slices: int = 1) -> None:
+  import json
+
+  from transformer.train import plan as plan_lib
+
+  if num_slices < 1:
+    raise errors.UserError(f'--num_slices must be >= 1, not {num_slices}')
+  plan = plan_lib.compile_plan(config, topology, num_slices)
+  print(plan_lib.table(plan))
+  warning = plan_lib.warning(plan)
+  if warning:
+    print(warning, file=sys.stderr)
+  if plan_json:
+    pathlib.Path(plan_json).write_text(json.dumps(plan, indent=1) + '\n')
+
+
 def define_flags():
   from absl import flags
   from ml_collections import config_flags
@@ -61,6 +85,12 @@ def define_flags():
       'compilation_cache', str(pathlib.Path('~/.cache/transformer/xla').expanduser()),
       "JAX's persistent compilation cache: a run that compiles what an earlier run compiled "
       "(same model, shapes and devices) loads it from here instead ('' to turn it off).")
+  flags.DEFINE_string(
+      'compile_for', None, 'Train nothing: compile the train step for this TPU slice (e.g. '
+      'v5e:4x4) and print whether it fits and its estimated step time (needs the tpu extra).')
+  flags.DEFINE_string('plan_json', None, 'With --compile_for: write the plan here as JSON.')
+  flags.DEFINE_integer('num_slices', 1, 'With --compile_for: that many slices joined over the '
+                       "data-center network (the mesh's data axis spans them).")
   flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too.')
 
 
@@ -93,6 +123,8 @@ def help_text() -> str:
 
 
 if __name__ == '__main__':
+  from transformer import platforms
+  platforms.skip_absent_tpu()
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     print(help_text())
     sys.exit(0)

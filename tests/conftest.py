@@ -9,6 +9,11 @@ import pathlib
 
 import pytest
 
+from transformer import platforms
+
+# libtpu is installed for the --compile_for tests; the TPU runtime stays out of CPU hosts.
+platforms.skip_absent_tpu()
+
 # Compiled functions are cached on disk across test processes and runs.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/transformer_jax_cache')
 

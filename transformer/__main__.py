@@ -307,7 +307,8 @@ def _run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   # Imports after parsing, so that --help is instant.
-  from transformer import errors
+  from transformer import errors, platforms
+  platforms.skip_absent_tpu()
   return errors.guarded(_run, args, debug=args.debug)
 
 

@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # run at the first (no update is ever applied); N skips
                                   # up to N such updates, logging each, then stops
       steps_per_call=1,           # > 1: that many steps in one compiled loop (small models)
+      profile_steps=(0, 0),       # (first, count): a jax.profiler trace of steps first+1..
+                                  # first+count in workdir/profile (TensorBoard/XProf)
       label_smoothing=0.0,        # paper: 0.1
       log_every=100,              # steps between train metric lines (TensorBoard, metrics.jsonl)
       eval_every=1000,            # steps between evaluations on the validation split

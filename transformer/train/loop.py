@@ -13,6 +13,7 @@ before every checkpoint, so no checkpoint follows a step whose loss was not fini
 
 from __future__ import annotations
 
+import contextlib
 import concurrent.futures
 import json
 import logging
@@ -39,6 +40,7 @@ from transformer.train import process
 from transformer.train import wandb_log
 from transformer.train.evaluation import Evaluator
 from transformer.train import strategy as strategy_lib
+from transformer.train.profile import StepProfiler
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
 from transformer import storage
@@ -397,7 +399,8 @@ class Trainer:
         pending = None
 
     step = start
-    with _Preemption() as preemption:
+    profiler = StepProfiler(self.workdir / 'profile', *cfg.get('profile_steps', (0, 0)))
+    with _Preemption() as preemption, contextlib.closing(profiler):
       while step < num_steps:
         if preemption.stop():
           drain()
@@ -407,8 +410,10 @@ class Trainer:
         steps = min(self.steps_per_call, num_steps - step,
                     cfg.eval_every - step % cfg.eval_every,
                     cfg.checkpoint_every - step % cfg.checkpoint_every)
+        profiler.before(step)
         state, device_metrics = self.strategy.train(state,
                                                     self._next_train_input(iterator, steps))
+        profiler.after(step + steps, state)
         if pending is not None:  # the previous call's metrics, while this one runs
           drain()
         pending = (step + 1, device_metrics, steps)

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from transformer import storage
+from transformer import chips, storage
 
 
 class MetricWriter:
@@ -135,14 +135,10 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
 
 # --- throughput and model-FLOPs utilisation ------------------------------------------------
 
-# Dense bfloat16 peaks per chip from the vendors' data sheets, keyed by the words of
-# `device.device_kind` they must contain (longest key first, whole words: 'L4' is not
-# 'L40S', 'H100 PCIe' is not the SXM part).
-PEAK_BF16_FLOPS = {
-    'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12,
-    'L4': 121e12, 'A10': 125e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
-    'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
-}
+# Dense bfloat16 peaks per chip from the vendors' data sheets (transformer/chips.py cites
+# them), keyed by the words of `device.device_kind` they must contain (longest key first,
+# whole words: 'L4' is not 'L40S', 'H100 PCIe' is not the SXM part).
+PEAK_BF16_FLOPS = {**chips.GPU_PEAK_BF16_FLOPS, **chips.tpu_peak_bf16_flops()}
 
 
 def _words(text: str) -> list[str]:
