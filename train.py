@@ -37,7 +37,10 @@ def main(argv):
     # Orbax logs every save at INFO: keep the console to the progress bar and summaries
     # unless asked (--verbosity=0 restores INFO).
     logging.set_verbosity(logging.WARNING)
-  if flags.FLAGS.compile_for:   # no cache: the programs are for another machine
+  if flags.FLAGS.compile_for:
+    # No persistent cache, the environment's included: the programs are for another
+    # machine, and a CPU entry of the same name does not deserialize for a TPU compiler.
+    jax.config.update('jax_enable_compilation_cache', False)
     return compile_for(flags.FLAGS.config, flags.FLAGS.compile_for, flags.FLAGS.plan_json,
                        flags.FLAGS.num_slices)
   cache = flags.FLAGS.compilation_cache

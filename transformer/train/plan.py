@@ -248,6 +248,10 @@ def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledSte
   chip = chips.chip_for_topology(topology_name)
   config, mesh, experiment, lowered = lower_step(config, topology_name, num_slices)
   start = time.perf_counter()
+  # Never through the persistent compilation cache: a program for a TPU this host does
+  # not have would be written there and later fail to load without a TPU client.
+  cache_was_on = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as error:
@@ -256,6 +260,8 @@ def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledSte
     needed, available = _compiler_bytes(str(error).split('RESOURCE_EXHAUSTED', 1)[1])
     raise _refuse(needed, chip, mesh.devices.flat[0].device_kind, config, mesh,
                   topology_name, available) from None
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache_was_on)
   return CompiledStep(topology_name, num_slices, chip, config, mesh, experiment, lowered,
                       compiled, time.perf_counter() - start)
 
