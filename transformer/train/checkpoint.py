@@ -75,16 +75,18 @@ class Checkpointer:
     `scan_layers`: the layout `abstract_state` has; a checkpoint whose model had the other
     one (its saved config says) is converted (`models.scan_params` / `unscan_params`).
     """
+    if scan_layers is None:
+      return self._restore(step, abstract_state)
     saved_scanned = bool(self.restore_config(step).get('model', {}).get('scan_layers', False))
-    if scan_layers is not None and saved_scanned != scan_layers:
+    if saved_scanned != scan_layers:
       convert = models.unscan_params if saved_scanned else models.scan_params
       back = models.scan_params if saved_scanned else models.unscan_params
       shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
       mesh = jax.tree.leaves(shardings)[0].mesh
       replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      saved_layout = jax.tree.map(lambda x: replicated, jax.eval_shape(back, abstract_state))
+      saved_shapes = jax.eval_shape(back, abstract_state)
       state, data, config = self._restore(step, strategy_lib.abstract(
-          jax.eval_shape(back, abstract_state), saved_layout))
+          saved_shapes, jax.tree.map(lambda x: replicated, saved_shapes)))
       return jax.device_put(convert(state), shardings), data, config
     return self._restore(step, abstract_state)
 
