@@ -275,8 +275,8 @@ class Trainer:
     who = (f'process {others[0]}' if len(others) == 1
            else 'one of processes ' + ', '.join(map(str, others)))
     folder = self.checkpointer.directory
-    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
-        if folder.is_dir() else []
+    steps = (sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+             if folder.is_dir() else [])
     reason = ' '.join(str(error).split())[:160]
     where = (f'The newest checkpoint is step {steps[-1]} in {folder}: start every process '
              'again to resume from it' if steps else
