@@ -9,6 +9,7 @@ from tests.conftest import REPO
 from tests.helpers import load_config
 from transformer.train import experiment
 from transformer.train import optimizer as optimizer_lib
+from transformer.train import step as step_lib
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 
@@ -59,7 +60,7 @@ def test_the_built_initializer_gives_the_models_own_initial_state():
   config.model.update(num_layers=1, d_model=32, mlp_dim=64)
   exp = experiment.build(config, vocab_size=65)
   state = exp.init_state(jax.random.PRNGKey(3))
-  init = experiment.state_initializer(exp.model, exp.task, exp.optimizer)
+  init = step_lib.state_initializer(exp.model, exp.task, exp.optimizer)
   expected = jax.jit(lambda rng: nn.meta.unbox(init(rng)))(jax.random.PRNGKey(3))
   assert jax.tree.structure(state) == jax.tree.structure(expected)
   for got, want, shape in zip(jax.tree.leaves(state), jax.tree.leaves(expected),

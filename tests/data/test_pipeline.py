@@ -203,10 +203,20 @@ def test_iterator_state_resumes_in_a_fresh_process(tmp_path, task):
 
 
 def test_processes_together_see_every_example_once(tmp_path):
-  P = 3
+  # One prepared token store, batched for each process (what every host does with its own).
+  from transformer.data import datasets as datasets_lib
+  from transformer.tasks import get_task
+  P, config = 3, synthetic_config(num_epochs=1)
+  needs = get_task('translation').data_needs(config)
+  prepared = datasets_lib.prepare(config, needs, datasets_lib.folders(config, tmp_path),
+                                  seed=0)
+
+  def batches(p, count=P):
+    return datasets_lib.make_batches(prepared, config, needs, global_batch_size=6, seed=0,
+                                     process_index=p, process_count=count)
   seen = []
   for p in range(P):
-    ds = build(synthetic_config(num_epochs=1), tmp_path, batch=6, p=p, P=P)
+    ds = batches(p)
     for b in ds.train_iter():
       assert b['inputs'].shape == (2, 24)  # each process gets its slice of the global batch
     seen.append(all_segments(ds.train_iter()))
@@ -215,13 +225,16 @@ def test_processes_together_see_every_example_once(tmp_path):
   # Disjoint shards: sizes are 100 each, and the union has no duplicates beyond expected.
   assert [len(s) for s in seen] == [100, 100, 100]
   # Eval: the process slices of each global batch, put together, are the whole batch.
-  full = list(build(synthetic_config(), tmp_path, batch=6).eval_batches('valid'))
-  parts = [list(build(synthetic_config(), tmp_path, batch=6, p=p, P=P).eval_batches('valid'))
-           for p in range(P)]
+  full = list(batches(0, count=1).eval_batches('valid'))
+  parts = [list(batches(p).eval_batches('valid')) for p in range(P)]
   assert all(len(x) == len(full) for x in parts)
   for b, whole in enumerate(full):
     np.testing.assert_array_equal(np.concatenate([parts[p][b]['inputs'] for p in range(P)]),
                                   whole['inputs'])
+  # get_datasets is the same three steps.
+  np.testing.assert_array_equal(
+      next(build(config, tmp_path, batch=6, p=1, P=P).train_iter())['inputs'],
+      next(batches(1).train_iter())['inputs'])
 
 
 def test_mask_tokens_follows_bert_80_10_10():

@@ -1,4 +1,4 @@
-"""``get_datasets``: a data config and what a task needs -> tokenizer and batches.
+"""A data config and what a task needs -> the tokenizer and batches.
 
     ds = get_datasets(config.data, task.data_needs(config.data), workdir=workdir,
                       global_batch_size=128, seed=0)
@@ -13,7 +13,12 @@ first time); tokenize every split once into the token store (store.py: worker pr
 memory-mapped arrays); then build the training stream (packed examples or character
 windows) and the padded evaluation arrays from the store. With several processes,
 process 0 trains the tokenizer and builds the store while the others wait; then each
-opens it and reads only its own shard. Config fields: `transformer/data/config.py`.
+opens it and reads only its own shard.
+
+`get_datasets` does it all; its three steps stand alone: `folders` (where this process
+keeps the tokenizer and the store), `prepare` (the source, the tokenizer, the token
+store) and `make_batches` (this process's batches). Config fields:
+`transformer/data/config.py`.
 """
 
 from __future__ import annotations
@@ -192,89 +197,110 @@ def _default_barrier(process_count: int) -> Callable[[str], None]:
   return multihost_utils.sync_global_devices
 
 
-def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed: int,
-                 eval_batch_size: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None,
-                 barrier: Callable[[str], None] | None = None) -> Datasets:
-  """Builds (or reopens, from ``workdir``) the tokenizer and the data a task needs.
+@dataclasses.dataclass(frozen=True)
+class Folders:
+  """Where this process keeps a run's token store and tokenizer (local folders)."""
 
-  Args:
-    config: the ``data`` ConfigDict (fields in `transformer/data/config.py`).
-    needs: what the task reads (`Task.data_needs(config)`).
-    workdir: where the tokenizer and the token store go (see ``data_dir``,
-      ``tokenizer_dir``).
-    global_batch_size: rows per global batch; each process gets
-      ``global_batch_size // process_count`` of them.
-    seed: seeds the shuffle, the MLM masks, the synthetic data and the tokenizer sample.
-    eval_batch_size: rows per global evaluation batch (default: ``global_batch_size``);
-      evaluation has no gradients, so it can take bigger batches than training.
-    process_index, process_count: this process's shard (default: from jax).
-    barrier: `barrier(name)` returns when every process has called it (default: JAX's
-      `sync_global_devices` when there are several processes). Process 0 makes the
-      tokenizer and the token store; the others wait here, then open them.
-  """
-  if process_index is None or process_count is None:
-    import jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+  data: Path
+  tokenizer: Path
+  # A URL workdir's tokenizer folder: process 0 publishes the tokenizer there and the other
+  # hosts fetch it, since no host reads another's disk.
+  published: Any = None
+
+
+def folders(config, workdir, *, process_index: int = 0, process_count: int = 1) -> Folders:
+  """The run's folders: under a local workdir; for a URL workdir (gs://, s3://), in this
+  process's cache keyed by the URL. `data.data_dir` and `data.tokenizer_dir` win over both
+  (a tokenizer of one's own is read where it is, and not published)."""
+  if not storage.is_url(workdir):
+    workdir = Path(workdir)
+    return Folders(data=Path(config.data_dir or workdir / 'data'),
+                   tokenizer=Path(config.tokenizer_dir or workdir / 'tokenizer'))
+  local = storage.cache_dir('workdirs', workdir)
+  if process_count > 1:
+    local = local / f'process-{process_index}'
+  data = Path(config.data_dir) if config.data_dir else local / 'data'
+  if config.tokenizer_dir:
+    return Folders(data=data, tokenizer=Path(config.tokenizer_dir))
+  return Folders(data=data, tokenizer=local / 'tokenizer',
+                 published=storage.path(workdir) / 'tokenizer')
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A run's data before batching: the source, the tokenizer and every split tokenized."""
+
+  source: Any
+  columns: tuple[str, ...]
+  splits: tuple[str, ...]
+  tokenizer: Tokenizer
+  tokens: dict[str, dict[str, Any]]    # split -> column -> `store.Ragged`
+
+
+def _shared_tokenizer(config, source, columns, where: Folders, windows: bool, seed: int, *,
+                      process_index: int, barrier: Callable[[str], None]) -> Tokenizer:
+  """The run's tokenizer on every process: process 0 makes it (and publishes it to a URL
+  workdir) while the others wait, then they load it (fetched from the workdir)."""
+  published = where.published
+  if process_index == 0:
+    # The workdir's own tokenizer wins over the cache's; none there: the cache's goes too
+    # (left by an earlier run under this URL, whose folder was since deleted).
+    if published is not None and not storage.download_tree(published, where.tokenizer):
+      shutil.rmtree(where.tokenizer, ignore_errors=True)
+    tokenizer = _make_tokenizer(config, source, columns, where.tokenizer, windows, seed)
+    if published is not None and where.tokenizer.is_dir():
+      storage.upload_tree(where.tokenizer, published)
+  barrier('transformer: tokenizer ready')
+  if process_index != 0:
+    if published is not None:
+      storage.download_tree(published, where.tokenizer)
+    tokenizer = _make_tokenizer(config, source, columns, where.tokenizer, windows, seed)
+  return tokenizer
+
+
+def prepare(config, needs: Needs, where: Folders, *, seed: int, process_index: int = 0,
+            barrier: Callable[[str], None] = lambda name: None) -> Prepared:
+  """Opens the source, makes (or reopens) the tokenizer and tokenizes every split into the
+  token store. Process 0 makes the tokenizer and the store first; the others wait at
+  `barrier`, then open them (with a URL workdir: fetch the tokenizer, build their own
+  store)."""
+  if config.overlong not in ('drop', 'truncate'):
+    raise ConfigError(f"data.overlong must be 'drop' or 'truncate', got {config.overlong!r}")
+  source = _open_source(config, needs, where.data, seed)
+  columns = _columns(source, needs)
+  splits = tuple(s for s in SPLITS if s in source.splits)
+  if 'train' not in splits:
+    raise DataError('The data source has no train split.')
+  tokenizer = _shared_tokenizer(config, source, columns, where, needs.windows, seed,
+                                process_index=process_index, barrier=barrier)
+  if isinstance(source, sources_lib.InMemory):   # small and generated: no store on disk
+    store = store_lib.in_memory(source, splits, tokenizer, columns)
+  else:
+    directory = _store_directory(where.data, source, columns, needs.windows)
+    if process_index == 0 or where.published is not None:   # a URL workdir: each its own
+      key = {'source': source.fingerprint,
+             'tokenizer': _tokenizer_fingerprint(tokenizer, where.tokenizer),
+             'columns': list(columns), 'format': store_lib.FORMAT}
+      store_lib.open_or_build(source, splits, where.tokenizer, directory, key=key,
+                              num_workers=config.num_workers, columns=columns,
+                              log=logging.warning)
+    barrier('transformer: token store ready')
+    store = store_lib.TokenStore.open(directory)
+  return Prepared(source=source, columns=columns, splits=splits, tokenizer=tokenizer,
+                  tokens=store.splits)
+
+
+def make_batches(prepared: Prepared, config, needs: Needs, *, global_batch_size: int,
+                 seed: int, eval_batch_size: int | None = None, process_index: int = 0,
+                 process_count: int = 1) -> Datasets:
+  """The training stream (packed examples or character windows) and the padded evaluation
+  batches of this process's shard, read from the prepared token store."""
   eval_batch_size = eval_batch_size or global_batch_size
   for name, size in (('global_batch_size', global_batch_size),
                      ('eval_batch_size', eval_batch_size)):
     if size % process_count:
       raise ConfigError(f'{name} {size} is not divisible by process_count {process_count}.')
-  if config.overlong not in ('drop', 'truncate'):
-    raise ConfigError(f"data.overlong must be 'drop' or 'truncate', got {config.overlong!r}")
-  barrier = barrier or _default_barrier(process_count)
-  published = None   # a workdir URL's tokenizer folder (the local copy is tokenizer_dir)
-  if storage.is_url(workdir):
-    # No host reads another's disk: the token store and the tokenizer's files are local to
-    # each process (its cache, keyed by the workdir's URL); process 0 publishes the
-    # tokenizer to the workdir and the others fetch it from there.
-    local = storage.cache_dir('workdirs', workdir)
-    if process_count > 1:
-      local = local / f'process-{process_index}'
-    data_dir = Path(config.data_dir) if config.data_dir else local / 'data'
-    if config.tokenizer_dir:
-      tokenizer_dir = Path(config.tokenizer_dir)
-    else:
-      tokenizer_dir, published = local / 'tokenizer', storage.path(workdir) / 'tokenizer'
-  else:
-    workdir = Path(workdir)
-    data_dir = Path(config.data_dir or workdir / 'data')
-    tokenizer_dir = Path(config.tokenizer_dir or workdir / 'tokenizer')
-
-  source = _open_source(config, needs, data_dir, seed)
-  columns = _columns(source, needs)
-  splits = tuple(s for s in SPLITS if s in source.splits)
-  if 'train' not in splits:
-    raise DataError('The data source has no train split.')
-  directory = _store_directory(data_dir, source, columns, needs.windows)
-  if process_index == 0:
-    # The workdir's own tokenizer wins over the cache's; none there: the cache's goes too
-    # (left by an earlier run under this URL, whose folder was since deleted).
-    if published is not None and not storage.download_tree(published, tokenizer_dir):
-      shutil.rmtree(tokenizer_dir, ignore_errors=True)
-    tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
-    if published is not None and tokenizer_dir.is_dir():
-      storage.upload_tree(tokenizer_dir, published)
-  barrier('transformer: tokenizer ready')
-  if process_index != 0:
-    if published is not None:
-      storage.download_tree(published, tokenizer_dir)
-    tokenizer = _make_tokenizer(config, source, columns, tokenizer_dir, needs.windows, seed)
-  if isinstance(source, sources_lib.InMemory):   # small and generated: no store on disk
-    store = store_lib.in_memory(source, splits, tokenizer, columns)
-  else:
-    if process_index == 0 or published is not None:   # a URL workdir: each its own cache
-      key = {'source': source.fingerprint,
-             'tokenizer': _tokenizer_fingerprint(tokenizer, tokenizer_dir),
-             'columns': list(columns), 'format': store_lib.FORMAT}
-      store_lib.open_or_build(source, splits, tokenizer_dir, directory, key=key,
-                              num_workers=config.num_workers, columns=columns,
-                              log=logging.warning)
-    barrier('transformer: token store ready')
-    store = store_lib.TokenStore.open(directory)
-  tokens = store.splits
+  tokens, tokenizer, columns = prepared.tokens, prepared.tokenizer, prepared.columns
   rows = global_batch_size // process_count
   shards = dict(process_index=process_index, process_count=process_count)
   memo: dict[str, Any] = {}
@@ -317,8 +343,40 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
 
   def texts_fn(split):
     if ('texts', split) not in memo:
-      memo['texts', split] = source.read_split(split)
+      memo['texts', split] = prepared.source.read_split(split)
     return {k: list(memo['texts', split][k]) for k in columns}
 
-  return Datasets(tokenizer=tokenizer, splits=splits, _train_fn=train_fn, _eval_fn=eval_fn,
-                  _texts_fn=texts_fn, info=info)
+  return Datasets(tokenizer=tokenizer, splits=prepared.splits, _train_fn=train_fn,
+                  _eval_fn=eval_fn, _texts_fn=texts_fn, info=info)
+
+
+def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed: int,
+                 eval_batch_size: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None,
+                 barrier: Callable[[str], None] | None = None) -> Datasets:
+  """`folders`, `prepare` and `make_batches` together: the tokenizer and the data a task
+  needs, built in (or reopened from) ``workdir``.
+
+  Args:
+    config: the ``data`` ConfigDict (fields in `transformer/data/config.py`).
+    needs: what the task reads (`Task.data_needs(config)`).
+    workdir: where the tokenizer and the token store go (see `folders`).
+    global_batch_size: rows per global batch; each process gets
+      ``global_batch_size // process_count`` of them.
+    seed: seeds the shuffle, the MLM masks, the synthetic data and the tokenizer sample.
+    eval_batch_size: rows per global evaluation batch (default: ``global_batch_size``);
+      evaluation has no gradients, so it can take bigger batches than training.
+    process_index, process_count: this process's shard (default: from jax).
+    barrier: `barrier(name)` returns when every process has called it (default: JAX's
+      `sync_global_devices` when there are several processes).
+  """
+  if process_index is None or process_count is None:
+    import jax
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  shards = dict(process_index=process_index, process_count=process_count)
+  where = folders(config, workdir, **shards)
+  prepared = prepare(config, needs, where, seed=seed, process_index=process_index,
+                     barrier=barrier or _default_barrier(process_count))
+  return make_batches(prepared, config, needs, global_batch_size=global_batch_size,
+                      seed=seed, eval_batch_size=eval_batch_size, **shards)

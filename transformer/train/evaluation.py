@@ -64,9 +64,9 @@ class Evaluator:
     if 'exact_match' in summary:
       out['exact_match'] = summary['exact_match']
     if self.decode_on_eval if decode is None else decode:
-      out.update(self.task.decode_metrics(self.model, self.host_params(params),
-                                          self.datasets, split, self.decode,
-                                          limit=self.decode_limit))
+      params = self.host_params(params)   # the decoders run on this process's own devices
+      out.update(self.task.decode_metrics(self.model, params, self.datasets, split,
+                                          self.decode, limit=self.decode_limit))
     return {f'{split_prefix(split)}/{k}': v for k, v in out.items()}
 
   def host_params(self, params: Any) -> Any:

@@ -29,6 +29,7 @@ from jax.extend.core import jaxpr_as_fun
 from jax.sharding import Mesh
 
 from transformer import sharding
+from transformer import storage
 from transformer.config import ModelConfig
 from transformer.data.datasets import Datasets, get_datasets
 from transformer.errors import ConfigError
@@ -36,6 +37,7 @@ from transformer.tasks import Task, get_task
 from transformer.train import optimizer as optimizer_lib
 from transformer.train import step as step_lib
 from transformer.train import strategy as strategy_lib
+from transformer.train import wandb_log
 from transformer.train.strategy import STRATEGIES
 
 
@@ -69,7 +71,7 @@ class CheckedConfig:
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None
                  ) -> CheckedConfig:
   """Checks what can be checked without data (the task, the model, the schedule, the
-  strategy, the mesh and the batch sizes) and returns the pieces made on the way; raises
+  strategy, W&B, the mesh and the batch sizes) and returns the pieces made on the way; raises
   `ConfigError` naming the field. `train_and_evaluate` calls it before it creates or
   touches the workdir."""
   if config.parallelism not in STRATEGIES:
@@ -82,19 +84,17 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         f"model.param_dtype={cfg.param_dtype!r}: training keeps float32 parameters and "
         "optimizer state (Adam's updates are below bfloat16's precision); set "
         "model.dtype='bfloat16' for bfloat16 compute")
-  schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, config.train.num_steps)
+  wandb_log.check(config)
+  train = config.train
+  if train.steps_per_call < 1:
+    raise ConfigError(f'train.steps_per_call must be >= 1, not {train.steps_per_call}')
+  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
+    if train[name] < 1:
+      raise ConfigError(f'train.{name} must be >= 1, not {train[name]}')
+  schedule = optimizer_lib.make_schedule(config.optim, cfg.d_model, train.num_steps)
   task = get_task(config.task)
   mesh = mesh or sharding.make_mesh(config.mesh.to_dict())
-  check_batches(config, mesh)
-  return CheckedConfig(config=config, task=task,
-                       model_config=cfg.replace(vocab_size=config.model.vocab_size),
-                       schedule=schedule, mesh=mesh)
-
-
-def check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  """The batch sizes split over the processes, the devices and the micro-batches; checked
-  before anything is built or written."""
-  train = config.train
+  # The batch sizes split over the processes, the devices and the micro-batches.
   if config.parallelism == 'pmap':
     shards, where = jax.local_device_count() * jax.process_count(), 'devices (pmap)'
   else:
@@ -109,11 +109,9 @@ def check_batches(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     raise ConfigError(f'train.batch_size={train.batch_size} does not split into '
                       f'train.grad_accum_steps={train.grad_accum_steps} micro-batches over '
                       f'{shards} {where}')
-  if train.steps_per_call < 1:
-    raise ConfigError(f'train.steps_per_call must be >= 1, not {train.steps_per_call}')
-  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'max_to_keep'):
-    if train[name] < 1:
-      raise ConfigError(f'train.{name} must be >= 1, not {train[name]}')
+  return CheckedConfig(config=config, task=task,
+                       model_config=cfg.replace(vocab_size=config.model.vocab_size),
+                       schedule=schedule, mesh=mesh)
 
 
 @dataclasses.dataclass
@@ -133,23 +131,11 @@ class Experiment:
   train_fn: Callable           # step.train_step bound to model, task and config
   eval_fn: Callable            # step.eval_step bound likewise
   datasets: Datasets | None = None
-  workdir: pathlib.Path | None = None
+  workdir: Any = None         # the run's folder: a pathlib.Path or a URL's epath.Path
 
   @property
   def rng(self) -> jax.Array:
     return jax.random.PRNGKey(self.config.seed)
-
-
-def state_initializer(model: nn.Module, task: Task, tx: optax.GradientTransformation
-                      ) -> Callable[[jax.Array], step_lib.TrainState]:
-  """rng -> TrainState with logically-annotated ("boxed") parameters and moments."""
-  def init(rng):
-    variables = model.init(rng, *task.example_inputs())
-    state = step_lib.TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
-    # A strongly typed step (flax starts from a Python 0): a fresh state and a restored one
-    # then share one compiled train step.
-    return state.replace(step=jnp.zeros((), jnp.int32))
-  return init
 
 
 def build(config: ml_collections.ConfigDict | CheckedConfig,
@@ -186,7 +172,7 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
 
   # The model is traced once: the jaxpr gives the state's shapes (and so its shardings),
   # and the jitted initializer replays it rather than tracing the model a second time.
-  init_jaxpr, boxed = jax.make_jaxpr(state_initializer(model, task, tx),
+  init_jaxpr, boxed = jax.make_jaxpr(step_lib.state_initializer(model, task, tx),
                                      return_shape=True)(jax.random.PRNGKey(0))
   mesh = checked.mesh
   state_sharding = sharding.state_shardings(boxed, mesh)
@@ -206,4 +192,4 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
                     schedule=schedule, optimizer=tx, mesh=mesh, state_sharding=state_sharding,
                     abstract_state=abstract, init_state=init_state, train_fn=train_fn,
                     eval_fn=eval_fn, datasets=datasets,
-                    workdir=None if workdir is None else pathlib.Path(workdir))
+                    workdir=None if workdir is None else storage.path(workdir))

@@ -161,13 +161,12 @@ class _TrainLog:
 class Trainer:
   """Runs an `Experiment`: `run()` trains (or resumes) and evaluates."""
 
-  def __init__(self, experiment: experiment_lib.Experiment,
-               workdir: str | pathlib.Path | None = None):
+  def __init__(self, experiment: experiment_lib.Experiment):
     if experiment.datasets is None:
       raise ValueError('the experiment has no data: build it with a workdir')
     self.experiment = experiment
     self.config = config = experiment.config
-    self.workdir = storage.path(workdir or experiment.workdir)
+    self.workdir = experiment.workdir
     self.is_main = jax.process_index() == 0
     self.steps_per_call = config.train.steps_per_call
     self.strategy = make_strategy(config.parallelism, experiment.mesh,
@@ -480,7 +479,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   storage.check_bucket(workdir)     # one line when it is missing, before anything starts
   process.setup(config)
   checked = experiment_lib.check_config(config)   # before the workdir is created or touched
-  wandb_log.check(config)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   try:
@@ -495,7 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           check_resume(config, saved, workdir, step)
           break
         checkpointer.close()
-      trainer = Trainer(experiment_lib.build(checked, workdir), workdir)
+      trainer = Trainer(experiment_lib.build(checked, workdir))
       return trainer.run()
   except UserError:
     # A run that could not start leaves no folder behind it (one it created, that is).

@@ -28,6 +28,18 @@ class TrainState(train_state.TrainState):
   """step, params, opt_state (and the static apply_fn and tx), as a pytree."""
 
 
+def state_initializer(model: nn.Module, task: Task, tx: optax.GradientTransformation
+                      ) -> Callable[[jax.Array], TrainState]:
+  """rng -> TrainState with logically-annotated ("boxed") parameters and moments."""
+  def init(rng):
+    variables = model.init(rng, *task.example_inputs())
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+    # A strongly typed step (flax starts from a Python 0): a fresh state and a restored one
+    # then share one compiled train step.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+  return init
+
+
 def _sum_over(axis_name: str | None, tree):
   if axis_name is None:
     return tree
