@@ -21,7 +21,6 @@ import pathlib
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import linen as nn

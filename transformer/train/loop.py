@@ -17,7 +17,6 @@ import contextlib
 import concurrent.futures
 import json
 import logging
-import shutil
 import math
 import pathlib
 import signal
@@ -30,20 +29,19 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from transformer.train import experiment as experiment_lib
-from transformer import errors
-from transformer.errors import HostLost, RunStopped, UserError
+from transformer import storage
+from transformer.errors import HostLost, RunStopped, UserError, restore_reason
 from transformer.tasks import DecodeSettings
+from transformer.train import experiment as experiment_lib
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
 from transformer.train import process
 from transformer.train import wandb_log
-from transformer.train.evaluation import Evaluator
 from transformer.train import strategy as strategy_lib
+from transformer.train.evaluation import Evaluator
 from transformer.train.profile import StepProfiler
 from transformer.train.strategy import make_strategy
 from transformer.train.workdir import WorkdirLock, check_resume
-from transformer import storage
 
 
 class _Preemption:
@@ -234,7 +232,7 @@ class Trainer:
             step, self.experiment.abstract_state,
             scan_layers=self.experiment.model_config.scan_layers)
       except Exception as error:   # a damaged checkpoint: files lost or truncated
-        reason = errors.restore_reason(error)
+        reason = restore_reason(error)
         where = self.checkpointer.quarantine(step) if self.is_main else 'aside'
         self._say(f'checkpoint {step} does not restore ({reason}); moved it to {where} and '
                   'trying the one before it')

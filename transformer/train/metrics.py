@@ -17,7 +17,7 @@ import pathlib
 import re
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
