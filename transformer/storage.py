@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import contextlib
 import os
 import pathlib
 import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Union
 
-from transformer.errors import UserError
+from transformer.errors import DataError, MissingFileError, UserError
 
 # The schemes a workdir or corpus may use, and the package (in the `cloud` extra) each needs.
 _BACKENDS = {'gs': 'gcsfs', 's3': 's3fs'}
@@ -103,33 +107,70 @@ def cache_dir(kind: str, key) -> pathlib.Path:
 
 
 def fetch(url) -> pathlib.Path:
-  """A local copy of the file at `url`, downloaded once per version of it (keyed by the
-  URL, its size and its modification time or ETag)."""
-  import fsspec
+  """A local copy of the file at `url` (gs://, s3://, https://), downloaded once per version
+  of it: keyed by the URL, its size and its ETag, generation or modification time. A web
+  URL needs no extra (urllib reads it); a bucket's needs the `cloud` extra."""
   url = os.fspath(url)
-  if url.split('://', 1)[0] not in ('http', 'https'):   # read-only web corpora need no extra
-    _check_url(url)
+  if url.split('://', 1)[0] in ('http', 'https'):
+    return _fetch_web(url)
+  _check_url(url)
+  import fsspec
   fs, remote = fsspec.core.url_to_fs(url)
   try:
     info = fs.info(remote)
   except FileNotFoundError:
-    from transformer.errors import MissingFileError
     raise MissingFileError(f'Data file not found: {url}') from None
   version = (url, info.get('size'), info.get('generation') or info.get('ETag')
              or info.get('updated') or info.get('LastModified'))
-  name = url.rstrip('/').rsplit('/', 1)[-1]
+  return _cached_copy(url, version, info.get('size'), lambda: fs.open(remote, 'rb'))
+
+
+def _fetch_web(url: str) -> pathlib.Path:
+  """One GET: its headers name the version; the body is read only when that version is
+  not in the cache yet."""
+  parsed = urllib.parse.urlparse(url)
+  if not parsed.netloc:
+    raise DataError(f'{url} is not a URL to download (https://HOST/PATH)')
+  try:
+    response = urllib.request.urlopen(url, timeout=60)
+  except urllib.error.HTTPError as error:
+    if error.code == 404:
+      raise MissingFileError(f'Data file not found: {url} (HTTP 404)') from None
+    raise DataError(f'cannot download {url}: HTTP {error.code} {error.reason}') from None
+  except (urllib.error.URLError, OSError, ValueError) as error:
+    raise DataError(f'cannot download {url}: {getattr(error, "reason", error)}') from None
+  with response:
+    size = int(response.headers.get('Content-Length') or 0) or None
+    version = (url, size, response.headers.get('ETag') or response.headers.get('Last-Modified'))
+    return _cached_copy(url, version, size, lambda: contextlib.nullcontext(response))
+
+
+def _cached_copy(url: str, version, size: int | None, open_source) -> pathlib.Path:
+  """`cache_dir('files', version)/<the URL's file name>`, written through a partial file
+  renamed at the end (an interrupted download leaves nothing a later run would take for
+  the file), with a progress bar past 16 MB."""
+  name = urllib.parse.urlparse(url).path.rstrip('/').rsplit('/', 1)[-1] or 'download'
   target = cache_dir('files', repr(version)) / name
-  if not target.is_file():
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f'.{name}.{os.getpid()}.partial')
-    from tqdm import tqdm
-    with fs.open(remote, 'rb') as source, open(partial, 'wb') as out, tqdm(
-        total=info.get('size') or None, unit='B', unit_scale=True, desc=f'fetching {name}',
-        disable=(info.get('size') or 0) < (1 << 24), mininterval=1.0) as bar:
-      while block := source.read(1 << 22):   # a progress bar past 16 MB
+  if target.is_file():
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  partial = target.with_name(f'.{name}.{os.getpid()}.partial')
+  from tqdm.auto import tqdm
+  try:
+    with open_source() as source, open(partial, 'wb') as out, tqdm(
+        total=size, unit='B', unit_scale=True, desc=f'fetching {name}',
+        disable=(size or 0) < (1 << 24), mininterval=1.0) as bar:
+      while block := source.read(1 << 22):
         out.write(block)
         bar.update(len(block))
+      if size is not None and out.tell() != size:
+        raise DataError(f'cannot download {url}: the connection closed after {out.tell()} '
+                        f'of {size} bytes; run again')
     partial.replace(target)
+  except OSError as error:
+    raise DataError(f'cannot download {url}: {error}') from None
+  finally:
+    partial.unlink(missing_ok=True)
   return target
 
 

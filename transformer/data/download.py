@@ -1,36 +1,24 @@
 """Named corpora one command away, downloaded once into a cache.
 
-    python -m transformer download multi30k                    # Multi30k's six text files
-    path = cached_download('https://example.org/input.txt')   # ~/.cache/transformer/downloads/...
+    python -m transformer download multi30k     # Multi30k's six text files
 
-(`data.path` itself may be an `https://`, `gs://` or `s3://` URL: `transformer.storage`
-fetches such a corpus once per version of it.)
-
-Each URL is fetched once into `CACHE_DIR/<hash of the URL>/<its file name>` (the variable
-TRANSFORMER_CACHE moves the whole cache), through a temporary file renamed at the end, so an
-interrupted download leaves nothing that a later run would take for the file; a progress
-bar shows on stderr. A URL that does not answer, or answers with an error status, is one
-line (`DataError`).
-
-`download_corpus(name)` fetches a named corpus (`CORPORA`) into `CACHE_DIR/<name>/`, where
-the shipped configs look when `../shared/data` does not hold it (`local_or_downloaded`).
+`download_corpus(name)` fetches a named corpus (`CORPORA`) through `storage.fetch` (the
+one downloader: `data.path` may itself be an `https://`, `gs://` or `s3://` URL) and
+unpacks it into `~/.cache/transformer/downloads/<name>/` (TRANSFORMER_CACHE moves the
+cache), where the shipped configs look when `../shared/data` does not hold it
+(`local_or_downloaded`). A URL that does not answer, or answers with an error status, is
+one line (`DataError`).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pathlib
 import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 
+from transformer import storage
 from transformer.errors import DataError, UserError
-
-URL_SCHEMES = ('https://', 'http://')
 
 # name -> (where the files come from, {file in the cache folder: file at that URL}); '.gz'
 # files are unpacked.
@@ -44,57 +32,8 @@ CORPORA: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def cache_dir() -> pathlib.Path:
-  from transformer import storage
-  return storage.cache_root() / 'downloads'
-
-
-def is_url(path) -> bool:
-  return isinstance(path, str) and path.startswith(URL_SCHEMES)
-
-
-def cached_download(url: str) -> pathlib.Path:
-  """The local copy of `url`, downloaded on the first call (see the module docstring)."""
-  parsed = urllib.parse.urlparse(url)
-  if parsed.scheme not in ('https', 'http') or not parsed.netloc:
-    raise DataError(f'{url} is not a URL to download (https://HOST/PATH)')
-  name = pathlib.PurePosixPath(parsed.path).name or 'download'
-  folder = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
-  target = folder / name
-  if target.is_file():
-    return target
-  folder.mkdir(parents=True, exist_ok=True)
-  from tqdm.auto import tqdm
-  try:
-    response = urllib.request.urlopen(url, timeout=60)
-  except urllib.error.HTTPError as error:
-    raise DataError(f'cannot download {url}: HTTP {error.code} {error.reason}') from None
-  except (urllib.error.URLError, OSError, ValueError) as error:
-    reason = getattr(error, 'reason', error)
-    raise DataError(f'cannot download {url}: {reason}') from None
-  handle, scratch = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.part')
-  try:
-    with response, os.fdopen(handle, 'wb') as out:
-      total = int(response.headers.get('Content-Length') or 0) or None
-      with tqdm(total=total, unit='B', unit_scale=True, desc=f'download {name}',
-                mininterval=0.5) as bar:
-        while chunk := response.read(1 << 20):
-          out.write(chunk)
-          bar.update(len(chunk))
-      if total is not None and out.tell() != total:
-        raise DataError(f'cannot download {url}: the connection closed after {out.tell()} '
-                        f'of {total} bytes; run again')
-    os.replace(scratch, target)
-  except OSError as error:
-    raise DataError(f'cannot download {url}: {error}') from None
-  finally:
-    if os.path.exists(scratch):
-      os.unlink(scratch)
-  return target
-
-
 def corpus_folder(name: str) -> pathlib.Path:
-  return cache_dir() / name
+  return storage.cache_root() / 'downloads' / name
 
 
 def download_corpus(name: str) -> pathlib.Path:
@@ -108,7 +47,7 @@ def download_corpus(name: str) -> pathlib.Path:
     target = folder / local
     if target.is_file():
       continue
-    fetched = cached_download(base + remote)
+    fetched = storage.fetch(base + remote)
     scratch = folder / f'.{local}.part'
     try:
       opener = gzip.open if remote.endswith('.gz') else open
