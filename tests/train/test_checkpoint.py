@@ -28,3 +28,43 @@ def test_without_a_best_metric_only_the_newest_are_kept(tmp_path):
     checkpointer.save(step, {'w': jnp.zeros(1)}, {}, {}, metrics={'eval/loss': 1.0 / step})
   checkpointer.wait()
   assert checkpointer.all_steps() == [3, 4]
+
+
+LAYOUT_CHANGE = """
+import jax, json, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from transformer import models
+from transformer.train import checkpoint as checkpoint_lib
+
+mesh = jax.make_mesh((4,), ('fsdp',))
+split = NamedSharding(mesh, P(None, 'fsdp'))        # a scanned leaf: [layers, rows split]
+scanned = {'params': {'decoder': {'layers': {'w': jax.device_put(
+    np.arange(3 * 8 * 2, dtype=np.float32).reshape(3, 8, 2), split)}, 'norm': np.ones(2)}}}
+checkpointer = checkpoint_lib.Checkpointer('TMP/checkpoints', asynchronous=False)
+checkpointer.save(1, scanned, {}, {'model': {'scan_layers': True}})
+layer = NamedSharding(mesh, P('fsdp'))            # the run's: each layer's rows split
+target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+    x.shape, x.dtype, sharding=layer if x.ndim == 2 else NamedSharding(mesh, P())),
+    models.unscan_params(scanned))
+seen = []
+restore = checkpointer._restore
+checkpointer._restore = lambda step, abstract: seen.append(abstract) or restore(step, abstract)
+state, _, _ = checkpointer.restore(1, target, scan_layers=False)
+w = seen[0]['params']['decoder']['layers']['w']
+print(json.dumps({
+    'saved_shard_rows': w.sharding.shard_shape(w.shape)[1],
+    'rows': [np.asarray(state['params']['decoder'][f'layer_{i}']['w']).tolist()
+             for i in range(3)],
+    'expected': np.asarray(scanned['params']['decoder']['layers']['w']).tolist(),
+    'shardings_kept': all(state['params']['decoder'][f'layer_{i}']['w'].sharding == layer
+                          for i in range(3))}))
+"""
+
+
+def test_a_layout_change_restores_sharded_not_whole(tmp_path):
+  """A scanned checkpoint restored into an unrolled run: the stacked leaf is read split as
+  the run's layers are (2 of its 8 rows per device), never whole on every device."""
+  from tests.helpers import last_json_line, run_python
+  out = last_json_line(run_python(LAYOUT_CHANGE.replace('TMP', str(tmp_path)), devices=4))
+  assert out['saved_shard_rows'] == 2
+  assert out['rows'] == out['expected'] and out['shardings_kept']

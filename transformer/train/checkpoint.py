@@ -82,12 +82,13 @@ class Checkpointer:
       convert = models.unscan_params if saved_scanned else models.scan_params
       back = models.scan_params if saved_scanned else models.unscan_params
       shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-      mesh = jax.tree.leaves(shardings)[0].mesh
-      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      saved_shapes = jax.eval_shape(back, abstract_state)
+      # The saved layout is restored on the shardings XLA gives `back`'s outputs from the
+      # run's own: each layer split as it will be (the stacked layer axis whole), so no
+      # device ever holds the whole state (it had been restored replicated).
+      saved = jax.jit(back).lower(abstract_state).compile()
       state, data, config = self._restore(step, strategy_lib.abstract(
-          saved_shapes, jax.tree.map(lambda x: replicated, saved_shapes)))
-      return jax.device_put(convert(state), shardings), data, config
+          saved.out_info, saved.output_shardings))
+      return jax.jit(convert, out_shardings=shardings)(state), data, config
     return self._restore(step, abstract_state)
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
