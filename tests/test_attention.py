@@ -288,6 +288,30 @@ def test_structured_masks_reach_jax_as_causal_and_lengths(monkeypatch):
     assert calls and all(c == expected for c in calls), (kind, calls)
 
 
+def test_tracing_for_a_gpu_chooses_cudnn_on_any_host(monkeypatch):
+  """'auto' chooses while tracing: inside tracing_for('gpu') (a GPU program exported from
+  this CPU host) a structured mask goes to cuDNN and a packed one stays on the einsum
+  path; outside it, the default backend chooses again."""
+  chosen = []
+
+  def library(query, key, value, *, implementation, **kwargs):
+    chosen.append(implementation)
+    return query
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', library)
+  q = jnp.ones((2, 4, 2, 8))
+  mask = attn.padding_attention_mask(jnp.ones((2, 4), bool), jnp.ones((2, 4), bool),
+                                     causal=True)
+  packed = mask & attn.make_segment_mask(jnp.ones((2, 4), int), jnp.ones((2, 4), int))
+  with attn.tracing_for('gpu'):
+    assert attn.target_backend() == 'gpu'
+    attn.dot_product_attention(q, q, q, mask, implementation='auto')
+    attn.dot_product_attention(q, q, q, packed, implementation='auto')
+  assert chosen == ['cudnn']
+  assert attn.target_backend() == jax.default_backend()
+  attn.dot_product_attention(q, q, q, mask, implementation='auto')
+  assert chosen == ['cudnn'] * (2 if jax.default_backend() == 'gpu' else 1)
+
+
 def test_cudnn_refuses_a_dense_mask_with_a_clear_error():
   q = k = v = jnp.ones((1, 4, 2, 8))
   dense = attn.AttentionMask(jnp.ones((1, 1, 4, 4), bool))   # e.g. packed rows

@@ -15,7 +15,9 @@ flash attention is happiest with `is_causal` and sequence lengths; see
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
 
 import flax
 import jax
@@ -25,6 +27,34 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, Int
 
 from transformer import positional
+
+# The backend the traced program is for, when it is not the default backend's (see
+# `tracing_for`).
+_TARGET_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'target_backend', default=None)
+
+
+@contextlib.contextmanager
+def tracing_for(backend: str) -> Iterator[None]:
+  """Attention traced inside chooses its implementation for `backend` ('gpu', 'cpu',
+  'tpu') instead of for the default backend.
+
+  The choice ('auto': cuDNN or the einsum path) is made while tracing, and tracing does
+  not know where the program will run; `jax.export` of a GPU program on a CPU host
+  (`transformer.train.export`) traces inside `tracing_for('gpu')`. A function traced and
+  cached before keeps the choice it made then.
+  """
+  token = _TARGET_BACKEND.set(backend)
+  try:
+    yield
+  finally:
+    _TARGET_BACKEND.reset(token)
+
+
+def target_backend() -> str:
+  """The backend attention is traced for: `tracing_for`'s, else the default backend."""
+  return _TARGET_BACKEND.get() or jax.default_backend()
+
 
 # Finite rather than -inf so that a fully masked row is still a well-defined softmax; its
 # weights are then zeroed explicitly (see `dot_product_attention`).
@@ -167,7 +197,7 @@ def dot_product_attention(
     mask = structure.dense
   if implementation == 'auto':
     fusable = structure is not None and structure.structured
-    implementation = 'cudnn' if jax.default_backend() == 'gpu' and fusable else None
+    implementation = 'cudnn' if target_backend() == 'gpu' and fusable else None
   if implementation is not None:
     return _library_attention(query, key, value, mask, structure, implementation,
                               dropout_rate=0.0 if deterministic else dropout_rate,
@@ -322,9 +352,10 @@ def _library_attention(query, key, value, mask, structure, implementation, *, dr
         'sequence lengths), not this dense mask (packed rows or left padding): use '
         "attention_impl='auto' (cuDNN where it can, einsum elsewhere), 'xla' or None, or "
         'data.pack=False')
-  if implementation == 'cudnn' and jax.default_backend() != 'gpu':
-    raise ValueError("implementation='cudnn' needs an NVIDIA GPU; the default backend is "
-                     f"{jax.default_backend()!r}. Use implementation=None or 'xla'.")
+  if implementation == 'cudnn' and target_backend() != 'gpu':
+    raise ValueError("implementation='cudnn' needs an NVIDIA GPU, and this program is "
+                     f"traced for {target_backend()!r}: use implementation=None or 'xla' "
+                     "(or trace inside tracing_for('gpu') to export a GPU program)")
   b, t, n, _ = query.shape
   s = key.shape[1]
   if structured:
@@ -455,7 +486,7 @@ class MultiHeadAttention(nn.Module):
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
     implementation = self.implementation
-    if implementation == 'auto' and jax.default_backend() != 'gpu':
+    if implementation == 'auto' and target_backend() != 'gpu':
       implementation = None
     # Applying with mutable=['intermediates'] also records the [B, N, T, S] weights.
     record = self.is_mutable_collection('intermediates') and implementation is None
