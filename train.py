@@ -127,7 +127,7 @@ def help_text() -> str:
 
 if __name__ == '__main__':
   from transformer import platforms
-  platforms.skip_absent_tpu()
+  platforms.skip_absent_accelerators()
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     print(help_text())
     sys.exit(0)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from transformer import platforms  # noqa: E402
 
-platforms.skip_absent_tpu()
+platforms.skip_absent_accelerators()
 
 import jax  # noqa: E402
 

@@ -11,8 +11,9 @@ import pytest
 
 from transformer import platforms
 
-# libtpu is installed for the --compile_for tests; the TPU runtime stays out of CPU hosts.
-platforms.skip_absent_tpu()
+# libtpu and the CUDA plugin are installed for the --compile_for and export tests; their
+# runtimes stay out of CPU hosts.
+platforms.skip_absent_accelerators()
 
 # Compiled functions are cached on disk across test processes and runs.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/transformer_jax_cache')

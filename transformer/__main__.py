@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   # Imports after parsing, so that --help is instant.
   from transformer import errors, platforms
-  platforms.skip_absent_tpu()
+  platforms.skip_absent_accelerators()
   return errors.guarded(_run, args, debug=args.debug)
 
 
