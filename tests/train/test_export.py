@@ -35,16 +35,20 @@ def _config(task='lm', **changes):
   return config
 
 
-def _cudnn_missing() -> str | None:
-  """Why jax's cuDNN attention cannot trace here (None: it can)."""
+def require_cudnn() -> None:
+  """Skips, saying what is missing, where jax's cuDNN attention cannot trace."""
   versions = fused_attention_stablehlo.cuda_versions
+  missing = None
   if versions is None:
-    return "jax found no CUDA plugin (jax_cuda12_plugin._versions)"
-  try:
-    versions.cudnn_get_version()
-  except RuntimeError as error:
-    return f'the CUDA plugin found no cuDNN library ({error})'
-  return None
+    missing = 'jax found no CUDA plugin (jax_cuda12_plugin._versions)'
+  else:
+    try:
+      versions.cudnn_get_version()
+    except RuntimeError as error:
+      missing = f'the CUDA plugin found no cuDNN library ({error})'
+  if missing:
+    pytest.skip(f"jax's cuDNN attention traces only with its CUDA plugin and cuDNN "
+                f"(pip install -e '.[gpu-export]'): {missing}")
 
 
 def _random_batch(shapes, vocab, seed=0):
@@ -135,9 +139,7 @@ def test_gpu_program_takes_cudnn_attention_with_our_padding_masks():
   causal and end-of-row padding masks go to cuDNN's fused attention, forward and backward;
   packed rows' segment masks stay on the einsum path (cuDNN takes them only as a dense
   mask, jax-ml/jax#28974, or in jax's packed layout, which traces only on a Hopper GPU)."""
-  if (missing := _cudnn_missing()) is not None:
-    pytest.skip(f"jax's cuDNN attention traces only with its CUDA plugin and cuDNN "
-                f"(pip install -e '.[gpu-export]'): {missing}")
+  require_cudnn()
   lm = export_lib.export_train_step(_config(attention_impl='auto', dtype='bfloat16'))
   assert set(export_lib.CUDNN_CALLS) <= export_lib.custom_calls(lm)
   if importlib.util.find_spec('flatbuffers'):
