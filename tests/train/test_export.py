@@ -163,3 +163,8 @@ def test_without_cudnn_the_export_is_one_line_naming_the_extra(monkeypatch):
   monkeypatch.setattr(fused_attention_stablehlo, 'cuda_versions', None)
   with pytest.raises(UserError, match=r"CUDA plugin and cuDNN.*pip install -e '\.\[gpu-export\]'"):
     export_lib.export_train_step(_config(attention_impl='auto', dtype='bfloat16'))
+
+
+def test_a_decoding_cache_past_the_models_positions_is_one_line():
+  with pytest.raises(UserError, match='max_length=64: the model encodes max_len=16'):
+    export_lib.export_decode_step(_config(attention_impl='xla'), batch_size=2, max_length=64)
