@@ -203,6 +203,10 @@ class Trainer:
     the executables in jit's (or pmap's) cache: the inputs here are shaped and placed like
     the real ones.
     """
+    if not self.strategy.lowers_from_shapes:
+      done = concurrent.futures.Future()
+      done.set_result(None)
+      return done
     datasets = self.experiment.datasets
     # Shapes only: a throwaway iterator.
     train_input = strategy_lib.abstract(

@@ -49,6 +49,9 @@ class JitStrategy:
     self.eval = jax.jit(eval_fn, in_shardings=(state_sharding.params, batch),
                         out_shardings=replicated)
 
+  # Whether `train.lower(abstract state, abstract batch)` works (the loop compiles ahead).
+  lowers_from_shapes = True
+
   @property
   def num_devices(self) -> int:
     return self.mesh.devices.size
@@ -79,6 +82,9 @@ class PmapStrategy:
       train_fn = scan_steps(train_fn)
     self.train = jax.pmap(train_fn, axis_name=axis, donate_argnums=0)
     self.eval = jax.pmap(functools.partial(eval_fn, axis_name=axis), axis_name=axis)
+    # Across processes, pmap's lower() fails on ShapeDtypeStructs (JAX 0.10: an IndexError
+    # in host_local_array_to_global_array); its first real call compiles instead.
+    self.lowers_from_shapes = jax.process_count() == 1
 
   @property
   def num_devices(self) -> int:
