@@ -8,6 +8,8 @@ Both subclass the built-in exceptions the library raised before (`ValueError`,
 `FileNotFoundError`, `RuntimeError`), so code that catches those still does.
 """
 
+import threading
+
 
 class UserError(ValueError):
   """Something the user fixes in the config, the data, the workdir or the command line."""
@@ -67,18 +69,41 @@ def report(error: BaseException, *, debug: bool = False) -> int:
   return 3 if isinstance(error, RunStopped) else 2
 
 
+_exiting = threading.Lock()   # held by the first lost-host exit: its line is the only one
+_stopped_exit: list = []
+
+
+def at_stopped_exit(fn):
+  """`fn()` runs (errors ignored) right before `exit_stopped` leaves: what a `with` block
+  would have released (a workdir's lease in a bucket). Returns what unregisters it."""
+  _stopped_exit.append(fn)
+  return lambda: _stopped_exit.remove(fn) if fn in _stopped_exit else None
+
+
+def exit_stopped(error: 'HostLost', *, debug: bool = False):
+  """Reports `error` and leaves at once with status 3, from any thread; a second caller
+  (the main thread and peers.py's watcher may see the same loss) waits to be ended."""
+  import logging
+  import os
+  import sys
+  _exiting.acquire()
+  code = report(error, debug=debug)
+  for release in list(_stopped_exit):
+    try:
+      release()
+    except Exception:   # noqa: BLE001 - leaving anyway; the line is out
+      pass
+  sys.stdout.flush()
+  logging.shutdown()
+  os._exit(code)   # skips jax.distributed.shutdown, which would abort waiting for the lost
+
+
 def guarded(fn, *args, debug: bool = False) -> int:
   """`fn(*args)` (an int exit status or None), with user errors reported in one line."""
   try:
     return fn(*args) or 0
   except HostLost as error:
-    import logging
-    import os
-    import sys
-    code = report(error, debug=debug)
-    sys.stdout.flush()
-    logging.shutdown()
-    os._exit(code)   # skips jax.distributed.shutdown, which would abort waiting for the lost
+    exit_stopped(error, debug=debug)
   except (UserError, RunStopped) as error:
     return report(error, debug=debug)
 

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
@@ -35,6 +36,7 @@ from transformer.tasks import DecodeSettings
 from transformer.train import experiment as experiment_lib
 from transformer.train import checkpoint as checkpoint_lib
 from transformer.train import metrics as metrics_lib
+from transformer.train import peers
 from transformer.train import process
 from transformer.train import wandb_log
 from transformer.train import strategy as strategy_lib
@@ -271,19 +273,23 @@ class Trainer:
     count, me = jax.process_count(), jax.process_index()
     others = [i for i in range(count) if i != me]
     # A collective fails on every survivor at once; which peer closed it, it does not say
-    # (the coordination service knows only after its heartbeat timeout, when it aborts
-    # every survivor natively), so with more than two processes the line names them all.
+    # (peers.py's watcher does, when it sees the loss first), so with more than two
+    # processes the line names them all.
     who = (f'process {others[0]}' if len(others) == 1
            else 'one of processes ' + ', '.join(map(str, others)))
+    logging.info('process %d of %d: lost %s: %s', me, count, who, error)
+    return HostLost(self._lost_line(who, ' '.join(str(error).split())[:160]))
+
+  def _lost_line(self, who: str, reason: str) -> str:
+    count, me = jax.process_count(), jax.process_index()
     folder = self.checkpointer.directory
-    steps = (sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-             if folder.is_dir() else [])
-    reason = ' '.join(str(error).split())[:160]
-    where = (f'The newest checkpoint is step {steps[-1]} in {folder}: start every process '
+    # Committed ones only: in a bucket Orbax writes a step's folder in place and marks it
+    # complete last (commit_success.txt), so a folder's name alone may be a torn save.
+    steps = ocp.step.checkpoint_steps(folder) if folder.is_dir() else []
+    where = (f'The newest checkpoint is step {max(steps)} in {folder}: start every process '
              'again to resume from it' if steps else
              'No checkpoint was written yet: start every process again')
-    logging.info('process %d of %d: lost %s: %s', me, count, who, error)
-    return HostLost(f'process {me} of {count} lost contact with {who} ({reason}). {where}')
+    return f'process {me} of {count} lost contact with {who} ({reason}). {where}'
 
   def _say(self, line: str) -> None:
     """A line for the user on stdout (process 0), also logged."""
@@ -324,6 +330,7 @@ class Trainer:
       self._say(f'workdir {self.workdir}: finished (step {newest} of {num_steps}); nothing '
                 f'to train (`python -m transformer evaluate --workdir {self.workdir}` scores it)')
       return {}
+    peers.describe(lambda lost, reason: self._lost_line(f'process {lost}', reason))
     compiling = self.compile_ahead()
     state, iterator, restored = self.restore_or_init()
     start = int(self.strategy.one_copy(state.step))

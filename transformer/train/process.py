@@ -12,6 +12,8 @@ import os
 import jax
 import ml_collections
 
+from transformer.train import peers
+
 
 def split_cpu(count: int) -> None:
   """Splits the CPU into `count` XLA devices, for data parallelism on a host without
@@ -46,6 +48,11 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
   else:
     # TPU VM pods, SLURM steps, Open MPI and Kubernetes jobs describe themselves.
     jax.distributed.initialize(**timeouts)
+  # A process that dies is seen at once, not after the heartbeat timeout (peers.py).
+  from jax._src import distributed   # the client and address Orbax uses too
+  state = distributed.global_state
+  peers.watch(state.process_id, state.num_processes, state.client,
+              state.coordinator_address.rsplit(':', 1)[0])
 
 
 def setup(config: ml_collections.ConfigDict) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from transformer import storage
+from transformer import errors, storage
 from transformer.config import ModelConfig
 from transformer.errors import CheckpointError, UserError
 
@@ -42,6 +42,7 @@ class WorkdirLock:
     self.enabled = enabled
     self._file = None
     self._lease = None
+    self._forget = lambda: None
     if storage.is_url(workdir):
       self._lease = _Lease(storage.path(workdir) / '.lock', lease_seconds)
       self.path = self._lease.path
@@ -53,6 +54,9 @@ class WorkdirLock:
       return self
     if self._lease is not None:
       self._lease.acquire()
+      # A survivor of a lost host leaves with os._exit, past this block's __exit__: without
+      # this the restarted run would wait out the lease (its renewal stopped with it).
+      self._forget = errors.at_stopped_exit(self._lease.release)
       return self
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path, 'a+')
@@ -73,6 +77,7 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     if self._lease is not None and self.enabled:
+      self._forget()
       self._lease.release()
     if self._file is not None:
       self.path.unlink(missing_ok=True)

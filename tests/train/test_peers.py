@@ -1,0 +1,120 @@
+"""peers.py: a process that dies is seen by the others at once (its connection closes),
+process 0 tells the rest who it was, and an orderly end is no alarm. Process 0's watcher
+runs here (its exit recorded instead of taken); the others are real processes."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.helpers import REPO, xla_env
+from transformer import errors
+from transformer.train import peers
+
+# A process `me` of `count`, connected to process 0 on this machine; it prints `connected`,
+# then ends as argv[4] says: `exit` (in order), `crash` (an uncaught exception), else it
+# waits (to be killed, or told).
+PEER = '''
+import sys, time
+from transformer.train import peers
+me, count, port, end = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+class Client:   # the coordination service's store, as far as process 0's port goes
+  def blocking_key_value_get(self, key, timeout_ms):
+    return port
+peers.watch(me, count, Client(), '127.0.0.1')
+print('connected', flush=True)
+if end == 'exit':
+  sys.exit(0)
+if end == 'crash':
+  raise RuntimeError('a bug')
+time.sleep(120)
+'''
+
+
+class Store:
+  """The key-value store process 0 publishes its port in."""
+
+  def __init__(self):
+    self.values = {}
+
+  def key_value_set(self, key, value):
+    self.values[key] = value
+
+
+@pytest.fixture
+def coordinator(monkeypatch):
+  """Process 0's watcher of `count` processes, and the lines it would have left with."""
+  lost, seen = [], threading.Event()
+
+  def record(error):
+    lost.append(str(error))
+    seen.set()
+  monkeypatch.setattr(errors, 'exit_stopped', record)
+  watchers = []
+
+  def start(count):
+    store = Store()
+    watcher = peers.connect(0, count, store, '127.0.0.1')
+    watchers.append(watcher)
+    return watcher, store.values[peers._KEY]
+  yield start, lost, seen
+  for watcher in watchers:
+    watcher.done()
+
+
+def peer(me: int, count: int, port: str, end: str) -> subprocess.Popen:
+  process = subprocess.Popen([sys.executable, '-c', PEER, str(me), str(count), port, end],
+                             cwd=REPO, env=xla_env(None), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == 'connected\n', process.communicate()[1][-3000:]
+  return process
+
+
+def test_a_killed_process_is_named_at_once_by_every_survivor(coordinator):
+  start, lost, seen = coordinator
+  watcher, port = start(3)
+  watcher.line = lambda process, reason: f'lost {process}: {reason}'
+  told, killed = peer(1, 3, port, 'wait'), peer(2, 3, port, 'wait')
+  deadline = time.time() + 10
+  while sorted(p for p in watcher.peers.values() if p is not None) != [1, 2]:
+    assert time.time() < deadline, watcher.peers   # both have said who they are
+    time.sleep(0.01)
+  killed.kill()
+  began = time.time()
+  assert seen.wait(10), 'process 0 never noticed'
+  assert time.time() - began < 5
+  assert lost == ['lost 2: its connection closed: killed or crashed']
+  # Process 0 told process 1, which left with one line naming process 2, status 3.
+  _, stderr = told.communicate(timeout=30)
+  killed.wait()
+  assert told.returncode == 3, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+      'stopped: process 1 of 3 lost contact with process 2 (its connection to process 0 '
+      'closed: killed or crashed)'), stderr[-3000:]
+  assert 'Traceback' not in stderr
+
+
+def test_an_orderly_end_is_no_alarm_and_a_crash_is(coordinator):
+  start, lost, seen = coordinator
+  watcher, port = start(2)
+  watcher.line = lambda process, reason: f'lost {process}: {reason}'
+  finished = peer(1, 2, port, 'exit')
+  assert finished.wait(30) == 0, finished.communicate()[1][-3000:]
+  assert not seen.wait(1.0), lost
+  watcher, port = start(2)
+  watcher.line = lambda process, reason: f'lost {process}: {reason}'
+  crashed = peer(1, 2, port, 'crash')
+  _, stderr = crashed.communicate(timeout=30)
+  assert crashed.returncode == 1 and 'RuntimeError: a bug' in stderr, stderr[-3000:]
+  assert seen.wait(10), 'process 0 never noticed'
+  assert lost == ['lost 1: its connection closed: killed or crashed']
+
+
+def test_without_a_connection_the_run_goes_on(caplog):
+  class Unreachable:
+    def blocking_key_value_get(self, key, timeout_ms):
+      raise RuntimeError('DEADLINE_EXCEEDED: no such key')
+  assert peers.connect(1, 2, Unreachable(), '127.0.0.1') is None
+  assert "a lost process is found by JAX's heartbeat only" in caplog.text
