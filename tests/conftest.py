@@ -38,4 +38,4 @@ def multi30k_workdir(tmp_path_factory):
   return tmp_path_factory.mktemp('multi30k')
 
 
-from tests.cloud import gcs_bucket, gcs_server  # noqa: E402,F401  (fixtures)
+from tests.cloud import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: E402,F401

@@ -77,12 +77,22 @@ def path(p) -> AnyPath:
 
 
 def check_bucket(p) -> None:
-  """One line when `p`'s bucket does not exist or cannot be reached (a local path passes)."""
+  """One line when workdir `p` cannot hold a run: its bucket does not exist or cannot be
+  reached, or it is on S3 (below); a local path passes."""
   if not is_url(p):
     return
   import fsspec
   url = os.fspath(p)
   _check_url(url)
+  if url.startswith('s3://'):
+    # Orbax (checked with orbax-checkpoint 0.12.8) cannot write a checkpoint to S3: its
+    # TensorStore specs normalise paths with os.path.normpath, which folds s3:// to s3:/,
+    # and only gs:// is sent to a cloud driver, so the first save raises "Checkpoint path
+    # should be absolute" after the run has trained and written its metrics. (And its
+    # TensorStore s3 driver reads no AWS_ENDPOINT_URL, so no S3-compatible store either.)
+    raise UserError(f'{url}: a workdir cannot be on s3:// yet: Orbax cannot write '
+                    'checkpoints to S3 (it folds s3:// to s3:/); train into a gs:// or local '
+                    'workdir (data.path may stay on s3://)')
   fs, _ = fsspec.core.url_to_fs(url)
   bucket = url.split('://', 1)[1].split('/', 1)[0]
   try:

@@ -185,3 +185,37 @@ def test_a_web_corpus_is_downloaded_once_into_the_cache(tmp_path, monkeypatch):
   finally:
     server.shutdown()
     server.server_close()
+
+
+def test_an_s3_corpus_is_fetched_once_per_version_into_the_cache(s3_bucket, tmp_path,
+                                                                 monkeypatch):
+  """s3:// corpora through the same layer as gs:// (s3fs, reaching moto's server through
+  AWS_ENDPOINT_URL and AWS's credentials): copied into the local cache once per version."""
+  from etils import epath
+
+  from transformer.errors import MissingFileError
+  monkeypatch.setenv('TRANSFORMER_CACHE', str(tmp_path / 'cache'))
+  corpus = epath.Path(s3_bucket) / 'data' / 'text.txt'
+  corpus.write_text('hello world\n' * 50)
+  local = storage.fetch(str(corpus))
+  assert str(local).startswith(str(tmp_path / 'cache'))
+  assert local.read_text() == 'hello world\n' * 50
+  written = local.stat().st_mtime_ns
+  assert storage.fetch(str(corpus)) == local and local.stat().st_mtime_ns == written
+  corpus.write_text('hello again!\n' * 50)   # a new version: a new ETag, a new copy
+  assert storage.fetch(str(corpus)).read_text() == 'hello again!\n' * 50
+  with pytest.raises(MissingFileError, match='Data file not found: s3://'):
+    storage.fetch(f'{s3_bucket}/data/nope.txt')
+
+
+def test_an_s3_workdir_is_one_line_before_anything_is_written(s3_bucket, tmp_path):
+  """Orbax cannot write checkpoints to s3:// (it folds the URL to s3:/): a run would train,
+  write config.json and metrics.jsonl there, then fail at its first save with a traceback.
+  train.py refuses it at once instead, and writes nothing."""
+  result = train_py(f'{s3_bucket}/run', tiny_overrides(), env=_env(tmp_path), timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines == [f'error: {s3_bucket}/run: a workdir cannot be on s3:// yet: Orbax cannot '
+                   'write checkpoints to S3 (it folds s3:// to s3:/); train into a gs:// or '
+                   'local workdir (data.path may stay on s3://)'], lines
+  assert storage.files(s3_bucket) == []
