@@ -2,6 +2,7 @@
 process 0 tells the rest who it was, and an orderly end is no alarm. Process 0's watcher
 runs here (its exit recorded instead of taken); the others are real processes."""
 
+import socket
 import subprocess
 import sys
 import threading
@@ -96,10 +97,14 @@ def test_a_killed_process_is_named_at_once_by_every_survivor(coordinator):
   assert 'Traceback' not in stderr
 
 
-def test_an_orderly_end_is_no_alarm_and_a_crash_is(coordinator):
+def test_an_orderly_end_or_a_stranger_is_no_alarm_and_a_crash_is(coordinator):
   start, lost, seen = coordinator
   watcher, port = start(2)
   watcher.line = lambda process, reason: f'lost {process}: {reason}'
+  # Connections that are not the run's (no token, a wrong one) close unheeded.
+  for greeting in (b'', b'hello 1 not-the-token\n', b'GET / HTTP/1.1\r\n\r\n'):
+    with socket.create_connection(('127.0.0.1', int(port.split()[0]))) as stranger:
+      stranger.sendall(greeting)
   finished = peer(1, 2, port, 'exit')
   assert finished.wait(30) == 0, finished.communicate()[1][-3000:]
   assert not seen.wait(1.0), lost

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import secrets
 import selectors
 import socket
 import sys
@@ -37,7 +38,8 @@ from typing import Callable
 
 from transformer import errors
 
-_KEY = 'transformer/peers/port'   # process 0's port, in the coordination service's store
+# Process 0's port and a token, in the coordination service's key-value store.
+_KEY = 'transformer/peers/port'
 _CONNECT_SECONDS = 60
 
 _watcher: '_Watcher | None' = None
@@ -49,10 +51,10 @@ def _default_line(me: int, count: int, lost: int, reason: str) -> str:
 
 class _Watcher(threading.Thread):
 
-  def __init__(self, me: int, count: int, listener: socket.socket | None,
+  def __init__(self, me: int, count: int, token: str, listener: socket.socket | None,
                coordinator: socket.socket | None):
     super().__init__(name='transformer-peers', daemon=True)
-    self.me, self.count = me, count
+    self.me, self.count, self.token = me, count, token
     self.listener, self.coordinator = listener, coordinator
     self.selector = selectors.DefaultSelector()
     self.peers: dict[socket.socket, int | None] = {}   # process 0: connection -> process
@@ -96,13 +98,22 @@ class _Watcher(threading.Thread):
     self.buffers[connection] = self.buffers.get(connection, b'') + data
     *lines, self.buffers[connection] = self.buffers[connection].split(b'\n')
     for line in lines:
-      word, _, value = line.decode().partition(' ')
-      if word == 'hello':
-        self.peers[connection] = int(value)
-      elif word == 'done':
+      words = line.decode(errors='replace').split()
+      if words[:1] == ['hello'] and len(words) == 3 and words[2] == self.token \
+          and words[1].isdigit():
+        self.peers[connection] = int(words[1])
+      elif self.peers.get(connection) is None:
+        # Not one of the run's processes (a port scan, a stray client): only the run's
+        # processes, who read the token from the coordination service, may raise an alarm.
+        self.selector.unregister(connection)
+        self.peers.pop(connection, None)
+        connection.close()
+        return
+      elif words == ['done']:
         self.finished.add(self.peers[connection])
-      elif word == 'lost':   # from process 0: process `value` is gone
-        self._lost(int(value), 'its connection to process 0 closed: killed or crashed')
+      elif words[:1] == ['lost'] and len(words) == 2 and words[1].isdigit():
+        # From process 0: process `words[1]` is gone.
+        self._lost(int(words[1]), 'its connection to process 0 closed: killed or crashed')
 
   def _closed(self, connection: socket.socket) -> None:
     self.selector.unregister(connection)
@@ -155,21 +166,23 @@ def connect(me: int, count: int, client, coordinator_host: str) -> '_Watcher | N
   running watcher; None where they cannot be made (then a warning says so).
 
   `client`: JAX's distributed runtime client, whose key-value store carries process 0's
-  port; `coordinator_host`: the address every process reached the coordination service at.
+  port and a token the others greet it with; `coordinator_host`: the address every process
+  reached the coordination service at.
   """
   listener = coordinator = None
   try:
     if me == 0:
+      token = secrets.token_hex(16)
       listener = (socket.create_server(('', 0), family=socket.AF_INET6, dualstack_ipv6=True)
                   if socket.has_dualstack_ipv6() else socket.create_server(('', 0)))
       listener.listen(count)
-      client.key_value_set(_KEY, str(listener.getsockname()[1]))
+      client.key_value_set(_KEY, f'{listener.getsockname()[1]} {token}')
     else:
-      port = int(client.blocking_key_value_get(_KEY, _CONNECT_SECONDS * 1000))
-      coordinator = socket.create_connection((coordinator_host.strip('[]'), port),
+      port, token = client.blocking_key_value_get(_KEY, _CONNECT_SECONDS * 1000).split()
+      coordinator = socket.create_connection((coordinator_host.strip('[]'), int(port)),
                                              timeout=_CONNECT_SECONDS)
       coordinator.settimeout(None)
-      coordinator.sendall(f'hello {me}\n'.encode())
+      coordinator.sendall(f'hello {me} {token}\n'.encode())
   except Exception as error:   # noqa: BLE001 - the run works without it, only slower to stop
     logging.warning('peers: no connection to process 0 (%s); a lost process is found by '
                     "JAX's heartbeat only", error)
@@ -177,7 +190,7 @@ def connect(me: int, count: int, client, coordinator_host: str) -> '_Watcher | N
       if s is not None:
         s.close()
     return None
-  watcher = _Watcher(me, count, listener, coordinator)
+  watcher = _Watcher(me, count, token, listener, coordinator)
   watcher.start()
   return watcher
 
