@@ -90,6 +90,15 @@ def test_unpinned_rows_are_resharded_under_fsdp(monkeypatch):
   assert plan['collectives']['all-to-all'] > 0
 
 
+@pytest.mark.slow
+def test_a_v4_device_is_one_tensorcore():
+  # libtpu's v4 topologies make each of a chip's two TensorCores a device: 'v4:2x2x1' is 4
+  # chips, 8 devices, each with half the chip's 32 GiB and half its FLOP/s.
+  plan = plan_lib.compile_plan(_config(data=-1), 'v4:2x2x1')
+  assert plan['num_devices'] == 8 and plan['num_chips'] == 4
+  assert plan['hbm_bytes'] == 16 * 2 ** 30
+
+
 def test_no_cpu_only_piece_reaches_the_tpu_program(steps):
   for step in steps.values():
     assert step.config.model.cpu_matmul is False
