@@ -101,6 +101,10 @@ def slice_mesh(mesh_config: dict[str, int], devices, num_slices: int = 1) -> Mes
                         'slices: the data axis spans the slices')
     ici = (sizes[0] // num_slices, *sizes[1:])
     grid = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), list(devices))
+  elif _cores_per_chip(devices) > 1:
+    # A v4's TensorCores as devices: mesh_utils lays out only one device per chip
+    # ("megacore"), so the mesh takes them in libtpu's order, a chip's two cores adjacent.
+    grid = np.asarray(list(devices)).reshape(sizes)
   else:
     grid = mesh_utils.create_device_mesh(sizes, list(devices))
   return Mesh(grid, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * len(sizes))
@@ -248,11 +252,15 @@ def _chip_of(device) -> tuple[int, ...]:
   return (getattr(device, 'slice_index', 0), *device.coords)
 
 
+def _cores_per_chip(devices) -> int:
+  return max(collections.Counter(map(_chip_of, devices)).values())
+
+
 def per_device(chip: chips.Chip, devices) -> chips.Chip:
   """The chip's figures per JAX device: a v4's two TensorCores are two devices in libtpu's
   topologies ('v4:2x2x2' is 8 chips, 16 devices), each with half the HBM and half the
   FLOP/s; a v5e, v5p or v6e chip is one device."""
-  cores = max(collections.Counter(map(_chip_of, devices)).values())
+  cores = _cores_per_chip(devices)
   if cores == 1:
     return chip
   return dataclasses.replace(chip, hbm_bytes=chip.hbm_bytes // cores,
@@ -290,7 +298,7 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
   cost = step.compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  devices = mesh.devices.flat
+  devices = list(mesh.devices.flat)
   n = mesh.devices.size
   needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
