@@ -19,6 +19,7 @@ from jaxtyping import Array, Float, Int
 from transformer.attention import AttentionMask, MultiHeadAttention
 from transformer.config import ModelConfig
 from transformer.matmul import projection_dot_general
+from transformer.sharding import constrain_rows
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
@@ -93,11 +94,12 @@ class _Residual(nn.Module):
   @nn.compact
   def __call__(self, x: Array, sublayer: Callable[[Array], Any], deterministic: bool):
     norm = make_norm(self.config, 'norm')
+    x = constrain_rows(x)   # the residual stream split by rows, as the batch is
     y = sublayer(norm(x) if self.config.pre_norm else x)
     y, extra = y if isinstance(y, tuple) else (y, None)
     y = nn.Dropout(self.config.dropout_rate)(y, deterministic=deterministic)
     x = x + y if self.config.pre_norm else norm(x + y)
-    return x, extra
+    return constrain_rows(x), extra
 
 
 class EncoderLayer(nn.Module):

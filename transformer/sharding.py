@@ -11,8 +11,9 @@ over data x fsdp. One code path serves one CPU, a GPU box and a multi-host pod:
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -102,6 +103,34 @@ def fit_to_shape(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding
 def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
   """Rows over data x fsdp, everything else replicated (rows are axis 1 when `stacked`)."""
   return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
+
+
+def within_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` traced with `mesh` as the abstract mesh, so that `constrain_rows` inside it pins
+  activations (jit's strategy wraps the train and eval steps in it)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+  """Pins an activation's leading (row) axis to the batch axes, the rest whole on each chip.
+
+  Without it the compiler's propagation may follow the parameters instead of the batch:
+  under fsdp, whose `embed` rule splits every matrix's model-width side, it split the
+  residual stream along d_model and kept every row on every chip (16x the activations of
+  data parallelism over 16 chips, resharded by all-to-alls). A no-op outside `within_mesh`
+  (pmap, decoding, init), where there is no batch split, or where the rows do not divide.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if shards == 1 or x.shape[0] % shards:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -19,9 +19,12 @@ from transformer.train import plan as plan_lib  # noqa: E402
 
 TOPOLOGY = 'v5e:2x2'
 # A one-layer decoder whose shards stay whole TPU tiles (128 lanes) over 4 chips, so that
-# the parameters and Adam's moments outweigh the batch and the tile padding.
+# the parameters and Adam's moments outweigh the batch and the tile padding; rows of 128
+# tokens, 16 to a chip, give the compiler activations worth laying out (see
+# test_fsdp_moves_parameters_not_rows).
 SIZE = {'model.d_model': 512, 'model.num_heads': 4, 'model.mlp_dim': 512,
-        'model.num_layers': 1, 'model.vocab_size': 512}
+        'model.num_layers': 1, 'model.vocab_size': 512, 'model.max_len': 128,
+        'data.max_len': 128, 'train.batch_size': 64}
 
 
 def _config(**mesh):
@@ -69,6 +72,31 @@ def test_collectives_the_meshes_need(plans):
   assert plans['fsdp']['collectives']['all-gather'] > 0
   # Megatron tensor parallelism: the row-parallel projections' partial sums all-reduced.
   assert plans['tensor']['collectives']['all-reduce'] > 0
+
+
+def test_fsdp_moves_parameters_not_rows(plans):
+  # The model pins its residual stream's rows to the batch axes (sharding.constrain_rows):
+  # fsdp gathers parameters and leaves each chip its own rows. Unpinned, the compiler split
+  # the activations along d_model like the parameters and resharded them with all-to-alls
+  # (test below); on 16 chips that held 6x the data-parallel memory (benchmarks/RESULTS.md).
+  assert plans['fsdp']['collectives']['all-to-all'] == 0
+
+
+@pytest.mark.slow
+def test_unpinned_rows_are_resharded_under_fsdp(monkeypatch):
+  from transformer import layers
+  monkeypatch.setattr(layers, 'constrain_rows', lambda x: x)
+  plan = plan_lib.compile_plan(_config(data=1, fsdp=4, tensor=1), TOPOLOGY)
+  assert plan['collectives']['all-to-all'] > 0
+
+
+@pytest.mark.slow
+def test_a_v4_device_is_one_tensorcore():
+  # libtpu's v4 topologies make each of a chip's two TensorCores a device: 'v4:2x2x1' is 4
+  # chips, 8 devices, each with half the chip's 32 GiB and half its FLOP/s.
+  plan = plan_lib.compile_plan(_config(data=-1), 'v4:2x2x1')
+  assert plan['num_devices'] == 8 and plan['num_chips'] == 4
+  assert plan['hbm_bytes'] == 16 * 2 ** 30
 
 
 def test_no_cpu_only_piece_reaches_the_tpu_program(steps):

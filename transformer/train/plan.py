@@ -28,6 +28,7 @@ the cheapest fixes in order.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import importlib.util
@@ -100,6 +101,10 @@ def slice_mesh(mesh_config: dict[str, int], devices, num_slices: int = 1) -> Mes
                         'slices: the data axis spans the slices')
     ici = (sizes[0] // num_slices, *sizes[1:])
     grid = mesh_utils.create_hybrid_device_mesh(ici, (num_slices, 1, 1), list(devices))
+  elif _cores_per_chip(devices) > 1:
+    # A v4's TensorCores as devices: mesh_utils lays out only one device per chip
+    # ("megacore"), so the mesh takes them in libtpu's order, a chip's two cores adjacent.
+    grid = np.asarray(list(devices)).reshape(sizes)
   else:
     grid = mesh_utils.create_device_mesh(sizes, list(devices))
   return Mesh(grid, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * len(sizes))
@@ -243,10 +248,30 @@ def lower_step(config, topology_name: str, num_slices: int = 1):
   return config, mesh, experiment, strategy.train.lower(experiment.abstract_state, batch)
 
 
+def _chip_of(device) -> tuple[int, ...]:
+  return (getattr(device, 'slice_index', 0), *device.coords)
+
+
+def _cores_per_chip(devices) -> int:
+  return max(collections.Counter(map(_chip_of, devices)).values())
+
+
+def per_device(chip: chips.Chip, devices) -> chips.Chip:
+  """The chip's figures per JAX device: a v4's two TensorCores are two devices in libtpu's
+  topologies ('v4:2x2x2' is 8 chips, 16 devices), each with half the HBM and half the
+  FLOP/s; a v5e, v5p or v6e chip is one device."""
+  cores = _cores_per_chip(devices)
+  if cores == 1:
+    return chip
+  return dataclasses.replace(chip, hbm_bytes=chip.hbm_bytes // cores,
+                             hbm_bytes_per_second=chip.hbm_bytes_per_second / cores,
+                             peak_bf16_flops=chip.peak_bf16_flops / cores)
+
+
 def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledStep:
   """Compiles the train step; raises `DoesNotFit` when the compiler runs out of HBM."""
-  chip = chips.chip_for_topology(topology_name)
   config, mesh, experiment, lowered = lower_step(config, topology_name, num_slices)
+  chip = per_device(chips.chip_for_topology(topology_name), mesh.devices.flat)
   start = time.perf_counter()
   # Never through the persistent compilation cache: a program for a TPU this host does
   # not have would be written there and later fail to load without a TPU client.
@@ -273,7 +298,7 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
   cost = step.compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  devices = mesh.devices.flat
+  devices = list(mesh.devices.flat)
   n = mesh.devices.size
   needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
@@ -289,6 +314,7 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
   return {
       'topology': step.topology_name, 'device_kind': mesh.devices.flat[0].device_kind,
       'num_devices': n, 'num_hosts': len({d.process_index for d in devices}),
+      'num_chips': len(set(map(_chip_of, devices))),
       'num_slices': step.num_slices,
       'mesh': dict(mesh.shape),
       'arguments_bytes': memory.argument_size_in_bytes,
@@ -304,6 +330,7 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
       'parameters': sum(x.size for x in leaves),
       'parameter_bytes_total': sum(x.size * x.dtype.itemsize for x in leaves),
       'flops_per_step': program_flops,
+      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),   # the program's, loops once
       'model_flops_per_step': model_flops,
       'steps_per_call': steps_per_call,
       'estimated_step_seconds': step_s / steps_per_call,

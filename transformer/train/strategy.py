@@ -40,6 +40,8 @@ class JitStrategy:
     self.mesh = mesh
     batch = sharding.batch_sharding(mesh)
     train_batch = batch
+    # Traced over the mesh: the model pins its activations' rows to the batch axes.
+    train_fn, eval_fn = sharding.within_mesh(train_fn, mesh), sharding.within_mesh(eval_fn, mesh)
     if steps_per_call > 1:
       train_fn = scan_steps(train_fn)
       train_batch = NamedSharding(mesh, P(None, *batch.spec))
