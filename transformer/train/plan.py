@@ -16,10 +16,16 @@ roofline *estimate* from the chip's data sheet (`transformer.chips`):
 
 Model FLOPs come from the task's `flops_per_token` (full rows: packed data), not from the
 compiled program, whose `cost_analysis()` counts a loop's body once (scanned layers,
-`steps_per_call`); the accessed bytes are scaled up by the same undercount, which overstates
-the traffic outside the loop (the optimizer's update) for a scanned model. Collectives are
-counted (by kind, each instruction once, loop bodies once) but not timed. So the estimate
-errs both ways: a figure to compare meshes and chips by, not a measurement.
+`steps_per_call`). For a scanned stack the bytes accessed are counted as if unrolled:
+`all_layers_cost` compiles the step unrolled at 1 and 2 layers and extrapolates to the
+config's depth (on a 4-layer model it matches the unrolled program's FLOPs to 1e-6 and its
+bytes to 3%). Loops still counted once (`steps_per_call`; under fsdp the compiler's
+windowed dot_generals, collective matmuls over permutes) scale the bytes by the FLOPs'
+undercount: counted FLOPs below the model's are a loop's sign, since the program does at
+least the model's.
+Collectives are counted (by kind, each instruction once, loop bodies once) but not timed,
+and the bytes are the compiler's count, not a profile's. So the estimate errs both ways: a
+figure to compare meshes and chips by, not a measurement.
 
 A step that does not fit (the compiler refuses, or the plan exceeds the chip's HBM) raises
 `DoesNotFit`, a `UserError`: one line with the bytes needed per chip against the chip's and
@@ -268,45 +274,92 @@ def per_device(chip: chips.Chip, devices) -> chips.Chip:
                              peak_bf16_flops=chip.peak_bf16_flops / cores)
 
 
-def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledStep:
-  """Compiles the train step; raises `DoesNotFit` when the compiler runs out of HBM."""
-  config, mesh, experiment, lowered = lower_step(config, topology_name, num_slices)
-  chip = per_device(chips.chip_for_topology(topology_name), mesh.devices.flat)
-  start = time.perf_counter()
+def _compile(lowered):
   # Never through the persistent compilation cache: a program for a TPU this host does
   # not have would be written there and later fail to load without a TPU client.
   cache_was_on = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)
   try:
-    compiled = lowered.compile()
+    return lowered.compile()
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache_was_on)
+
+
+def _cost(compiled) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a compiled program, by the compiler's cost analysis."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+
+
+def all_layers_cost(config, topology_name: str, num_slices: int = 1
+                    ) -> tuple[float, float] | None:
+  """(FLOPs, bytes accessed) per call of a scanned model's step with every layer counted.
+
+  The cost analysis counts a loop's body once, so a scanned stack's program shows one
+  layer's cost. The same step unrolled at 1 and 2 layers (two small compiles over the same
+  mesh) gives the cost outside the layers plus one layer, and one layer's own (the
+  difference, its optimizer update included): all L layers are c(1) + (L - 1) (c(2) - c(1)).
+  None when there is no stack loop to correct (an unscanned model), or when the encoder
+  and decoder stacks differ in depth.
+  """
+  model = config.model
+  depth = model.num_layers
+  decoder_depth = model.get('num_decoder_layers')
+  if not model.get('scan_layers') or (decoder_depth and decoder_depth != depth):
+    return None
+  costs = []
+  for layers in (1, 2):
+    variant = copy.deepcopy(config)
+    with variant.unlocked():
+      variant.model.scan_layers = False
+      variant.model.num_layers = layers
+      if decoder_depth:
+        variant.model.num_decoder_layers = layers
+      variant.train.steps_per_call = 1   # its own loop: the same count per step
+    *_, lowered = lower_step(variant, topology_name, num_slices)
+    costs.append(np.array(_cost(_compile(lowered))))
+  one, two = costs
+  flops, accessed = (one + (depth - 1) * (two - one)) * config.train.steps_per_call
+  return float(flops), float(accessed)
+
+
+def compile_step(config, topology_name: str, num_slices: int = 1) -> CompiledStep:
+  """Compiles the train step; raises `DoesNotFit` when the compiler runs out of HBM."""
+  config, mesh, experiment, lowered = lower_step(config, topology_name, num_slices)
+  chip = per_device(chips.chip_for_topology(topology_name), mesh.devices.flat)
+  start = time.perf_counter()
+  try:
+    compiled = _compile(lowered)
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
     needed, available = _compiler_bytes(str(error).split('RESOURCE_EXHAUSTED', 1)[1])
     raise _refuse(needed, chip, mesh.devices.flat[0].device_kind, config, mesh,
                   topology_name, available) from None
-  finally:
-    jax.config.update('jax_enable_compilation_cache', cache_was_on)
   return CompiledStep(topology_name, num_slices, chip, config, mesh, experiment, lowered,
                       compiled, time.perf_counter() - start)
 
 
-def make_plan(step: CompiledStep) -> dict[str, Any]:
-  """The plan of a compiled step (per chip unless named otherwise)."""
+def make_plan(step: CompiledStep, all_layers: tuple[float, float] | None = None
+              ) -> dict[str, Any]:
+  """The plan of a compiled step (per chip unless named otherwise); `all_layers`: the
+  step's (FLOPs, bytes accessed) with every scanned layer counted (`all_layers_cost`)."""
   config, experiment, chip, mesh = step.config, step.experiment, step.chip, step.mesh
   memory = step.compiled.memory_analysis()
-  cost = step.compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
+  program_flops, program_bytes = _cost(step.compiled)
   devices = list(mesh.devices.flat)
   n = mesh.devices.size
   needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   model_flops = model_flops_per_step(experiment, config) / n
-  program_flops = float(cost.get('flops', 0.0))
-  accessed = float(cost.get('bytes accessed', 0.0))
-  if 0 < program_flops < model_flops:    # loop bodies counted once
-    accessed *= model_flops / program_flops
+  counted_flops, accessed = all_layers or (program_flops, program_bytes)
+  if 0 < counted_flops < model_flops:
+    # Loop bodies still counted once: `steps_per_call`'s loop, and the compiler's own
+    # loops (under fsdp its windowed dot_generals, collective matmuls over permutes: a
+    # scanned lm1b_deep counted all-layers does 0.74x its model FLOPs, 1.25x with data).
+    accessed *= model_flops / counted_flops
   compute_s = model_flops / chip.peak_bf16_flops
   step_s = max(compute_s, accessed / chip.hbm_bytes_per_second)
   steps_per_call = config.train.steps_per_call
@@ -330,7 +383,10 @@ def make_plan(step: CompiledStep) -> dict[str, Any]:
       'parameters': sum(x.size for x in leaves),
       'parameter_bytes_total': sum(x.size * x.dtype.itemsize for x in leaves),
       'flops_per_step': program_flops,
-      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),   # the program's, loops once
+      'bytes_accessed': program_bytes,   # the program's, loop bodies once
+      # With every scanned layer counted (None: no stack loop corrected).
+      'flops_all_layers': all_layers[0] if all_layers else None,
+      'bytes_accessed_all_layers': all_layers[1] if all_layers else None,
       'model_flops_per_step': model_flops,
       'steps_per_call': steps_per_call,
       'estimated_step_seconds': step_s / steps_per_call,
@@ -347,7 +403,7 @@ def compile_plan(config, topology_name: str, num_slices: int = 1) -> dict[str, A
   returns its plan; raises `DoesNotFit` (a `UserError`) when it needs more than the chip's
   HBM, `ConfigError` for a config that cannot run."""
   step = compile_step(config, topology_name, num_slices)
-  plan = make_plan(step)
+  plan = make_plan(step, all_layers_cost(step.config, topology_name, num_slices))
   if not plan['fits']:
     raise _refuse(plan['needed_bytes'], step.chip, plan['device_kind'], step.config,
                   step.mesh, topology_name)
@@ -370,7 +426,9 @@ def table(plan: dict[str, Any]) -> str:
       ('fits', 'yes' if plan['fits'] else 'no'),
       ('model FLOPs per chip', f'{plan["model_flops_per_step"]:.3g} per compiled call '
                                f'({plan["steps_per_call"]} step(s)); program: '
-                               f'{plan["flops_per_step"]:.3g} (loop bodies once)'),
+                               + (f'{plan["flops_all_layers"]:.3g} with every layer, '
+                                  if plan.get('flops_all_layers') else '')
+                               + f'{plan["flops_per_step"]:.3g} loop bodies once'),
       ('estimated step', f'{plan["estimated_step_seconds"] * 1e3:.3g} ms, MFU '
                          f'{plan["estimated_mfu"]:.0%} (roofline estimate, not measured)'),
       ('collectives', collectives),
