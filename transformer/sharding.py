@@ -112,6 +112,10 @@ def within_mesh(fn: Callable, mesh: Mesh) -> Callable:
   def wrapped(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return fn(*args, **kwargs)
+  # A bound step is a functools.partial, which has no name for wraps to copy: jit's logs,
+  # profiles and compilation cache name the program after the step, not 'wrapped'.
+  wrapped.__name__ = wrapped.__qualname__ = getattr(
+      fn, '__name__', getattr(getattr(fn, 'func', None), '__name__', 'step'))
   return wrapped
 
 
