@@ -15,9 +15,9 @@ local GCS server). There is no storage client here: `etils.epath` over fsspec.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import contextlib
 import os
 import pathlib
 import shutil

@@ -28,7 +28,6 @@ allowed by name: a serialized program holding them runs under the jax that expor
 from __future__ import annotations
 
 import contextlib
-import copy
 import re
 from typing import Any, Iterator, Sequence
 
@@ -37,24 +36,11 @@ import jax.numpy as jnp
 from jax import export
 
 from transformer import attention, models, sharding
-from transformer.errors import ConfigError, UserError
+from transformer.errors import UserError
 
 # The fused attention calls our route emits (no bias, no dropout: `_library_attention`).
 CUDNN_CALLS = ('__cudnn$fmhaSoftmax', '__cudnn$fmhaSoftmaxBackward')
 _CUSTOM_CALL = re.compile(r'custom_call @([\w$.\-]+)\(|call_target_name = "([^"]+)"')
-
-
-def _for_gpu(config):
-  """The config as exported: `cpu_matmul` None means "on a CPU backend", which this host
-  may be; the program is for a GPU."""
-  if config.parallelism != 'jit':
-    raise ConfigError("a GPU export takes the 'jit' strategy, not config.parallelism="
-                      f'{config.parallelism!r}: set --config.parallelism=jit')
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    if config.model.get('cpu_matmul') is None:
-      config.model.cpu_matmul = False
-  return config
 
 
 @contextlib.contextmanager
@@ -102,7 +88,7 @@ def export_train_step(config, platforms: Sequence[str] = ('cuda',)) -> export.Ex
   no cuDNN call is in it."""
   from transformer.train import plan
   from transformer.train.strategy import JitStrategy
-  config = _for_gpu(config)
+  config = plan.for_accelerator(config, 'a GPU export takes')
   experiment, mesh = _build(config)
   steps_per_call = config.train.steps_per_call
   strategy = JitStrategy(mesh, experiment.state_sharding, experiment.train_fn,
@@ -131,7 +117,8 @@ def export_decode_step(config, batch_size: int, max_length: int,
 
   the cache from `model.init_cache(B, max_length)` (donated), the encoder-decoder's memory
   from `decoder_memory` of [B, S] sources, S the data's source length."""
-  config = _for_gpu(config)
+  from transformer.train import plan
+  config = plan.for_accelerator(config, 'a GPU export takes')
   experiment, _ = _build(config)
   model, cfg = experiment.model, experiment.model_config
   if not isinstance(model, (models.DecoderLM, models.Transformer)):

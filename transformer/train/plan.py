@@ -46,7 +46,6 @@ import types
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -229,20 +228,27 @@ class CompiledStep:
   compile_seconds: float
 
 
+def for_accelerator(config, refusal: str):
+  """A copy of `config` as compiled here for another platform (a TPU slice, a GPU): the
+  'jit' strategy (else a `ConfigError` that starts with `refusal`), and `model.cpu_matmul`
+  None, which means "on a CPU backend" as this host may be, resolved to False."""
+  if config.parallelism != 'jit':
+    raise ConfigError(f"{refusal} the 'jit' strategy, not config.parallelism="
+                      f'{config.parallelism!r}: set --config.parallelism=jit')
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    if config.model.get('cpu_matmul') is None:
+      config.model.cpu_matmul = False
+  return config
+
+
 def lower_step(config, topology_name: str, num_slices: int = 1):
   """(config as compiled, mesh, experiment, lowered train step) for the TPU slice."""
   from transformer.train import experiment as experiment_lib
   from transformer.train.strategy import JitStrategy
 
-  if config.parallelism != 'jit':
-    raise ConfigError(f"--compile_for compiles the 'jit' strategy, not config.parallelism="
-                      f'{config.parallelism!r}: set --config.parallelism=jit')
+  config = for_accelerator(config, '--compile_for compiles')
   topology = get_topology(topology_name, num_slices)
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    if config.model.get('cpu_matmul') is None:
-      # None means "on a CPU backend", which this host is; the program is for TPUs.
-      config.model.cpu_matmul = False
   mesh = slice_mesh(config.mesh.to_dict(), topology.devices, num_slices)
   checked = experiment_lib.check_config(config, mesh=mesh)
   vocab = vocab_size(config)
