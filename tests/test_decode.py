@@ -126,6 +126,25 @@ def test_beam_search_finds_a_sequence_greedy_misses():
   np.testing.assert_allclose(greedy_scores[0], math.log(0.204), rtol=1e-5)
 
 
+def test_search_is_greedy_at_beam_1_and_the_best_beam_above():
+  transitions = {BOS: {3: 0.6, 4: 0.4}, 3: {5: 0.34, 6: 0.33, 7: 0.33}, 4: {8: 0.9, 9: 0.1},
+                 5: {EOS: 1.0}, 6: {EOS: 1.0}, 7: {EOS: 1.0}, 8: {EOS: 1.0}, 9: {EOS: 1.0}}
+  scorer = markov_scorer(transitions)
+  expanded = []
+
+  def to_beams(state, beam_size):
+    expanded.append(beam_size)
+    return decode.expand_to_beams(state, beam_size)
+
+  run = lambda beam_size: np.asarray(decode.search(
+      scorer, {'steps': jnp.zeros((1,), jnp.int32)}, jnp.array([BOS]), beam_size=beam_size,
+      max_decode_len=6, alpha=0.0, eos_id=EOS, pad_id=PAD_ID, to_beams=to_beams))
+  np.testing.assert_array_equal(run(1), [[3, 5, EOS, 0, 0, 0]])    # greedy: no beams
+  assert expanded == []
+  np.testing.assert_array_equal(run(2), [[4, 8, EOS, 0, 0, 0]])    # the best of 2 beams
+  assert expanded == [2]
+
+
 def test_finished_beams_are_not_extended():
   # After eos the scorer offers a log-probability bonus of +5: extending a finished beam
   # would win it. The scores must stay log P / lp(|Y|) with pad after eos.

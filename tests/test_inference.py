@@ -179,6 +179,19 @@ def test_translate_beam_size_1_equals_greedy(encdec, sources, translated_greedy)
   assert len(set(translated_greedy.ravel())) > 2
 
 
+def test_translate_is_greedy_at_beam_1_and_beam_searchs_best_above(encdec, sources,
+                                                                  translated_greedy):
+  model, params = encdec
+  np.testing.assert_array_equal(
+      inference.translate(model, params, sources, beam_size=1, max_decode_len=9),
+      translated_greedy)
+  beams, _ = inference.translate_beam(model, params, sources, beam_size=3, alpha=0.6,
+                                      max_decode_len=9)
+  np.testing.assert_array_equal(
+      inference.translate(model, params, sources, beam_size=3, alpha=0.6, max_decode_len=9),
+      beams[:, 0])
+
+
 def test_default_max_decode_len_is_input_length_plus_50(encdec, sources):
   model, _ = encdec
   assert inference._default_decode_len(model, sources, None) == sources.shape[1] + 50

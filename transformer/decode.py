@@ -9,7 +9,8 @@ lengths.
 - Samplers act on logits [B, V]: `greedy`, `top_k_mask`, `top_p_mask` and
   `sample_logits` (temperature, then top-k, then top-p; temperature 0 is greedy).
 - `sample_loop` feeds each sampled token back; `beam_search` keeps the W best hypotheses
-  under GNMT's length penalty. Both are testable with hand-built scorers.
+  under GNMT's length penalty. Both are testable with hand-built scorers. `search` is
+  either one's most likely continuation (beam 1: greedy).
 
 Extra shape letter: `beam` (the beam width W) in `[B, beam, T]`.
 """
@@ -268,3 +269,31 @@ def beam_search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], 
                            width)  # [B, beam]
   tokens = _take(jnp.concatenate([finished_seqs, alive_seqs], axis=1), keep)
   return tokens, scores
+
+
+# ---------------------------------------------------------------------------------------
+# The most likely continuation, by either search.
+# ---------------------------------------------------------------------------------------
+
+def search(score_fn: ScoreFn, state: State, first_tokens: Int[Array, "B"], *,
+           beam_size: int, max_decode_len: int, alpha: float | Float[Array, ""] = 0.6,
+           eos_id: int, pad_id: int,
+           to_beams: Callable[[State, int], State] = expand_to_beams,
+           follow: Callable[[State, Int[Array, "B beam"]], State] | None = None,
+           stages: tuple[int, ...] = (),
+           grow: Callable[[State, int], State] | None = None) -> Int[Array, "B T"]:
+  """The most likely continuation of each row: greedy decoding when `beam_size` is 1
+  (`score_fn` gives logits), else beam search's best beam (`score_fn` gives
+  log-probabilities over the state `to_beams(state, beam_size)`; `alpha`, `follow`,
+  `stages` and `grow` as in `beam_search`).
+
+  Returns T = max_decode_len tokens [B, T] (without `first_tokens`; `pad_id` after eos).
+  """
+  if beam_size == 1:
+    return sample_loop(score_fn, state, first_tokens, num_steps=max_decode_len,
+                       temperature=0.0, eos_id=eos_id, pad_id=pad_id)
+  beams, _ = beam_search(score_fn, to_beams(state, beam_size), first_tokens,
+                         beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
+                         eos_id=eos_id, pad_id=pad_id, follow=follow, stages=stages,
+                         grow=grow)
+  return beams[:, 0]

@@ -2,18 +2,21 @@
 text in, text out.
 
     generate(model, params, prompt_tokens, max_new_tokens=50)          # DecoderLM, sampling
-    translate_beam(model, params, src_tokens, beam_size=4, alpha=0.6)  # Transformer
+    translate(model, params, src_tokens, beam_size=4, alpha=0.6)       # Transformer
+    translate_beam(model, params, src_tokens, beam_size=4)              # every beam, scored
     translate_texts(model, params, tokenizer, ['A dog runs.'], beam_size=4)
     generate_text(model, params, tokenizer, 'ROMEO:', max_new_tokens=200, top_k=40)
 
 `generate` (and `greedy_uncached`, the cache-free reference) serve `DecoderLM`;
-`translate_greedy` and `translate_beam` the encoder-decoder `Transformer`, whose encoder
-runs once per call. Prompts of different lengths share a batch by LEFT padding
-(`left_pad`): every row's last column is then a real token, and the model's default
-positions count only real tokens, so a padded row decodes exactly as it would alone.
-Every loop calls the models' `decode_step` on their stacked KV cache, so a model with
-scanned layers decodes as it trains: one scanned layer step, whatever the depth. Special token ids come from `transformer.data.tokenizers`; a trained
-run's tokenizer (`transformer.train.trained_run.load_run`) gives the ones it was trained with.
+`translate` (beam search's best, or greedy with beam 1), `translate_greedy` and
+`translate_beam` the encoder-decoder `Transformer`, whose encoder runs once per call.
+Prompts of different lengths share a batch by LEFT padding (`left_pad`): every row's last
+column is then a real token, and the model's default positions count only real tokens, so
+a padded row decodes exactly as it would alone. Every loop calls the models' `decode_step`
+on their stacked KV cache, so a model with scanned layers decodes as it trains: one
+scanned layer step, whatever the depth. Special token ids come from
+`transformer.data.tokenizers`; a trained run's tokenizer
+(`transformer.train.trained_run.load_run`) gives the ones it was trained with.
 """
 
 from __future__ import annotations
@@ -217,31 +220,6 @@ def _encode(model, params, src_tokens):
   return model.apply(params, src_tokens, method=model.decoder_memory)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
-def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
-                     max_decode_len: int | None = None, eos_id: int = EOS_ID,
-                     bos_id: int = BOS_ID) -> Int[Array, "B T"]:
-  """Greedy decoding with the encoder-decoder `Transformer`: encode once, then decode.
-
-  Args:
-    src_tokens: [B, S] source tokens, padded with 0 (either side).
-    max_decode_len: T, the most target tokens; default S + MAX_EXTRA_LEN (paper 6.1),
-      capped at the model's max_len.
-
-  Returns:
-    target tokens [B, T] without bos (eos included, pad 0 after it).
-  """
-  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  memory = _encode(model, params, src_tokens)
-  cache = model.init_cache(src_tokens.shape[0], max_decode_len)
-  first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
-  score = _for_sampling(_translation_score_fn(model, params, memory),
-                        model.config.pad_id)
-  return decode.sample_loop(score, cache, first,
-                     num_steps=max_decode_len, temperature=0.0, eos_id=eos_id,
-                     pad_id=model.config.pad_id)
-
-
 def _beam_stages(max_decode_len: int) -> tuple[int, ...]:
   """Beam search's first half of the steps runs on a cache of half the length.
 
@@ -254,37 +232,84 @@ def _beam_stages(max_decode_len: int) -> tuple[int, ...]:
   return (max_decode_len // 2,) if max_decode_len >= 32 else ()
 
 
+def _search_inputs(model, params, src_tokens, *, greedy: bool, max_decode_len: int | None,
+                   bos_id: int):
+  """What a search over the encoder-decoder starts from: (scorer, empty cache, first
+  tokens, T, stages).
+
+  The encoder runs once; the scorer reads its cross-attention keys and values and gives
+  logits for greedy decoding, log-probabilities for beam search. Beam search's cache has
+  room for the first half of the steps at first (`_beam_stages`).
+  """
+  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
+  memory = _encode(model, params, src_tokens)
+  scores = _for_sampling if greedy else _for_beam_search
+  score = scores(_translation_score_fn(model, params, memory), model.config.pad_id)
+  stages = () if greedy else _beam_stages(max_decode_len)
+  cache = model.init_cache(src_tokens.shape[0], stages[0] if stages else max_decode_len)
+  first = jnp.full((src_tokens.shape[0],), bos_id, jnp.int32)
+  return score, cache, first, max_decode_len, stages
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('model', 'beam_size', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate(model, params, src_tokens: Int[Array, "B S"], *, beam_size: int = 4,
+              alpha: float | Float[Array, ""] = 0.6, max_decode_len: int | None = None,
+              eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> Int[Array, "B T"]:
+  """The best translation of each source: beam search's best beam (paper 6.1: beam 4,
+  alpha 0.6), or greedy decoding when `beam_size` is 1 (`alpha` unused).
+
+  Args:
+    src_tokens: [B, S] source tokens, padded with 0 (either side).
+    max_decode_len: T, the most target tokens; default S + MAX_EXTRA_LEN (paper 6.1),
+      capped at the model's max_len.
+
+  Returns:
+    target tokens [B, T] without bos (eos included, pad 0 after it).
+  """
+  score, cache, first, max_decode_len, stages = _search_inputs(
+      model, params, src_tokens, greedy=beam_size == 1, max_decode_len=max_decode_len,
+      bos_id=bos_id)
+  return decode.search(score, cache, first, beam_size=beam_size,
+                       max_decode_len=max_decode_len, alpha=alpha, eos_id=eos_id,
+                       pad_id=model.config.pad_id, to_beams=beam_cache, follow=follow_beams,
+                       stages=stages, grow=grow_cache)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_len', 'eos_id', 'bos_id'))
+def translate_greedy(model, params, src_tokens: Int[Array, "B S"], *,
+                     max_decode_len: int | None = None, eos_id: int = EOS_ID,
+                     bos_id: int = BOS_ID) -> Int[Array, "B T"]:
+  """Greedy decoding with the encoder-decoder `Transformer`: `translate` with beam 1."""
+  return translate(model, params, src_tokens, beam_size=1, max_decode_len=max_decode_len,
+                   eos_id=eos_id, bos_id=bos_id)
+
+
 @functools.partial(jax.jit,
                    static_argnames=('model', 'beam_size', 'max_decode_len', 'eos_id', 'bos_id'))
 def translate_beam(model, params, src_tokens: Int[Array, "B S"], *, beam_size: int = 4,
                    alpha: float | Float[Array, ""] = 0.6, max_decode_len: int | None = None,
                    eos_id: int = EOS_ID, bos_id: int = BOS_ID
                    ) -> tuple[Int[Array, "B beam T"], Float[Array, "B beam"]]:
-  """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6).
+  """Beam search with the encoder-decoder `Transformer` (paper 6.1: beam 4, alpha 0.6),
+  every beam with its score.
 
   The encoder runs once for B rows, and each source's beams read its cross-attention keys
-  and values together. The decoder cache has B * beam rows and stays in place: beams follow their parents through
-  its slot table (`beam_cache`, `follow_beams`); it has room for the first half of the
-  steps at first, and grows for the second (`_beam_stages`).
+  and values together. The decoder cache has B * beam rows and stays in place: beams
+  follow their parents through its slot table (`beam_cache`, `follow_beams`); it has room
+  for the first half of the steps at first, and grows for the second (`_beam_stages`).
 
   Returns:
     tokens [B, beam, T] without bos (pad 0 after eos) and scores [B, beam]
     (log P / lp), best first; T = max_decode_len, default S + MAX_EXTRA_LEN capped at
     max_len.
   """
-  max_decode_len = _default_decode_len(model, src_tokens, max_decode_len)
-  batch_size = src_tokens.shape[0]
-  memory = _encode(model, params, src_tokens)
-  score = _for_beam_search(_translation_score_fn(model, params, memory),
-                           model.config.pad_id)
-  stages = _beam_stages(max_decode_len)
-  cache = beam_cache(model.init_cache(batch_size, stages[0] if stages else max_decode_len),
-                     beam_size)
-  first = jnp.full((batch_size,), bos_id, jnp.int32)
-  return decode.beam_search(score, cache, first,
-                     beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
-                     eos_id=eos_id, pad_id=model.config.pad_id, follow=follow_beams,
-                     stages=stages, grow=grow_cache)
+  score, cache, first, max_decode_len, stages = _search_inputs(
+      model, params, src_tokens, greedy=False, max_decode_len=max_decode_len, bos_id=bos_id)
+  return decode.beam_search(score, beam_cache(cache, beam_size), first,
+                            beam_size=beam_size, max_decode_len=max_decode_len, alpha=alpha,
+                            eos_id=eos_id, pad_id=model.config.pad_id, follow=follow_beams,
+                            stages=stages, grow=grow_cache)
 
 
 def _bucket(length: int, multiple: int = 8) -> int:
@@ -315,17 +340,9 @@ def translate_texts(model: Transformer, params: Any, tokenizer: Any, texts: Sequ
     for r, i in enumerate(rows):
       src[r, :len(encoded[i])] = encoded[i]
     decode_len = min(width + max_extra_len, max_len)
-    if beam_size == 1:
-      out = translate_greedy(model, params, jnp.asarray(src),
-                                    max_decode_len=decode_len, eos_id=tok.eos_id,
-                                    bos_id=tok.bos_id)
-    else:
-      beams, _ = translate_beam(model, params, jnp.asarray(src),
-                                       beam_size=beam_size, alpha=alpha,
-                                       max_decode_len=decode_len, eos_id=tok.eos_id,
-                                       bos_id=tok.bos_id)
-      out = beams[:, 0]
-    out = np.asarray(out)
+    out = np.asarray(translate(model, params, jnp.asarray(src), beam_size=beam_size,
+                               alpha=alpha, max_decode_len=decode_len, eos_id=tok.eos_id,
+                               bos_id=tok.bos_id))
     for r, i in enumerate(rows):
       results[i] = tok.decode(out[r].tolist())
   return results
