@@ -49,15 +49,18 @@ def data_config(url: str, tokenizer: str):
 def host(config, workdir: str, cache: pathlib.Path):
   """`get_datasets` as one host of a URL workdir runs it, into cache `cache`: (seconds,
   its store folder)."""
+  from transformer import storage
   from transformer.data import datasets
   from transformer.tasks import get_task
   os.environ['TRANSFORMER_CACHE'] = str(cache)
   needs = get_task(config.task).data_needs(config.data)
+  local = storage.local_dir(workdir)
   start = time.perf_counter()
-  datasets.get_datasets(config.data, needs, workdir=workdir, global_batch_size=12, seed=0,
-                        process_index=0, process_count=1, barrier=lambda name: None)
+  datasets.get_datasets(config.data, needs, workdir=workdir, local_dir=local,
+                        global_batch_size=12, seed=0, process_index=0, process_count=1,
+                        barrier=lambda name: None)
   seconds = time.perf_counter() - start
-  where = datasets.folders(config.data, workdir)
+  where = datasets.folders(config.data, workdir, local_dir=local)
   (store,) = (where.data / 'store').iterdir()
   return seconds, store
 

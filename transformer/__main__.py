@@ -119,6 +119,7 @@ def _decode_settings(run, args) -> dict:
 def _evaluate(run, args) -> dict:
   """Loss, accuracy, perplexity and the task's decoded metrics (BLEU) of the run's
   parameters on a split, on one device."""
+  from transformer import storage
   from transformer.data.datasets import get_datasets
   from transformer.errors import UserError
   from transformer.tasks import DecodeSettings
@@ -136,7 +137,8 @@ def _evaluate(run, args) -> dict:
         f'{run.workdir} --data source=text --data path=FILE`, or import with --config FILE '
         'whose data section names the corpus')
   datasets = get_datasets(config.data, experiment.task.data_needs(config.data),
-                          workdir=run.workdir, global_batch_size=config.train.batch_size,
+                          workdir=run.workdir, local_dir=storage.local_dir(run.workdir),
+                          global_batch_size=config.train.batch_size,
                           seed=config.seed,
                           eval_batch_size=config.train.eval_batch_size or None)
   strategy = JitStrategy(experiment.mesh, experiment.state_sharding, experiment.train_fn,

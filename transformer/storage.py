@@ -2,7 +2,7 @@
 
     workdir = storage.path('gs://bucket/run1')      # etils.epath.Path (gcsfs underneath)
     workdir = storage.path('runs/x')                # pathlib.Path, as before
-    local = storage.cache_dir('workdirs', workdir)   # ~/.cache/transformer/... for this URL
+    local = storage.local_dir(workdir)               # ~/.cache/transformer/... for this URL
     text = storage.fetch('gs://bucket/input.txt')    # a local copy, made once per version
 
 Orbax writes checkpoints to the URL itself; everything else that must be a local file (the
@@ -114,6 +114,14 @@ def cache_dir(kind: str, key) -> pathlib.Path:
   """A local folder for `key` (a URL, say): `cache_root()/kind/<hash>`."""
   digest = hashlib.sha256(str(key).encode()).hexdigest()[:16]
   return cache_root() / kind / digest
+
+
+def local_dir(p) -> pathlib.Path | None:
+  """This host's folder for its own copies of URL folder `p`'s files (a run's tokenizer,
+  token store and TensorBoard files), or None when `p` is local (its files are its own).
+  No host reads another's disk, and SentencePiece, the token store's memory maps and
+  TensorBoard's writer want local files."""
+  return cache_dir('workdirs', p) if is_url(p) else None
 
 
 def fetch(url) -> pathlib.Path:

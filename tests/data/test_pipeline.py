@@ -306,3 +306,18 @@ def test_multi30k_packed_pipeline(multi30k_workdir):
   assert (store / 'manifest.json').is_file()
   assert isinstance(ds.eval_batches('valid')._arrays['inputs'], np.ndarray)
   assert list(store.glob('train.source.tokens.npy'))
+
+
+def test_a_url_workdirs_folders_are_this_hosts_and_its_tokenizer_is_published(tmp_path):
+  from transformer.data import datasets as datasets_lib
+  config = synthetic_config()
+  with pytest.raises(ValueError, match='local_dir'):
+    datasets_lib.folders(config, 'gs://bucket/run')    # a bucket holds no memory map
+  where = datasets_lib.folders(config, 'gs://bucket/run', local_dir=tmp_path,
+                               process_index=1, process_count=2)
+  assert (where.data, where.tokenizer) == (tmp_path / 'process-1' / 'data',
+                                           tmp_path / 'process-1' / 'tokenizer')
+  assert str(where.published) == 'gs://bucket/run/tokenizer'
+  local = datasets_lib.folders(config, tmp_path / 'run')
+  assert (local.data, local.tokenizer, local.published) == (
+      tmp_path / 'run' / 'data', tmp_path / 'run' / 'tokenizer', None)

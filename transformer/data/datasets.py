@@ -208,15 +208,20 @@ class Folders:
   published: Any = None
 
 
-def folders(config, workdir, *, process_index: int = 0, process_count: int = 1) -> Folders:
-  """The run's folders: under a local workdir; for a URL workdir (gs://, s3://), in this
-  process's cache keyed by the URL. `data.data_dir` and `data.tokenizer_dir` win over both
-  (a tokenizer of one's own is read where it is, and not published)."""
+def folders(config, workdir, *, local_dir=None, process_index: int = 0,
+            process_count: int = 1) -> Folders:
+  """The run's folders: under a local workdir; for a URL workdir (gs://, s3://), under
+  `local_dir`, this host's own folder for it (`storage.local_dir(workdir)`), in one
+  subfolder per process. `data.data_dir` and `data.tokenizer_dir` win over both (a
+  tokenizer of one's own is read where it is, and not published)."""
   if not storage.is_url(workdir):
     workdir = Path(workdir)
     return Folders(data=Path(config.data_dir or workdir / 'data'),
                    tokenizer=Path(config.tokenizer_dir or workdir / 'tokenizer'))
-  local = storage.cache_dir('workdirs', workdir)
+  if local_dir is None:
+    raise ValueError(f'{workdir} is a URL: give local_dir, where this host keeps its '
+                     'tokenizer and token store (storage.local_dir(workdir))')
+  local = Path(local_dir)
   if process_count > 1:
     local = local / f'process-{process_index}'
   data = Path(config.data_dir) if config.data_dir else local / 'data'
@@ -351,7 +356,8 @@ def make_batches(prepared: Prepared, config, needs: Needs, *, global_batch_size:
 
 
 def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed: int,
-                 eval_batch_size: int | None = None, process_index: int | None = None,
+                 eval_batch_size: int | None = None, local_dir=None,
+                 process_index: int | None = None,
                  process_count: int | None = None,
                  barrier: Callable[[str], None] | None = None) -> Datasets:
   """`folders`, `prepare` and `make_batches` together: the tokenizer and the data a task
@@ -361,6 +367,7 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     config: the ``data`` ConfigDict (fields in `transformer/data/config.py`).
     needs: what the task reads (`Task.data_needs(config)`).
     workdir: where the tokenizer and the token store go (see `folders`).
+    local_dir: for a URL workdir, this host's folder for them (`storage.local_dir`).
     global_batch_size: rows per global batch; each process gets
       ``global_batch_size // process_count`` of them.
     seed: seeds the shuffle, the MLM masks, the synthetic data and the tokenizer sample.
@@ -375,7 +382,7 @@ def get_datasets(config, needs: Needs, *, workdir, global_batch_size: int, seed:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   shards = dict(process_index=process_index, process_count=process_count)
-  where = folders(config, workdir, **shards)
+  where = folders(config, workdir, local_dir=local_dir, **shards)
   prepared = prepare(config, needs, where, seed=seed, process_index=process_index,
                      barrier=barrier or _default_barrier(process_count))
   return make_batches(prepared, config, needs, global_batch_size=global_batch_size,

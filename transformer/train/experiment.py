@@ -138,7 +138,7 @@ class Experiment:
 
 
 def build(config: ml_collections.ConfigDict | CheckedConfig,
-          workdir: str | pathlib.Path | None = None, *,
+          workdir: str | pathlib.Path | None = None, *, local_dir=None,
           vocab_size: int | None = None, mesh: Mesh | None = None) -> Experiment:
   """Builds a run's pieces from its checked config.
 
@@ -148,6 +148,8 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
     workdir: the run folder; with it, the data are built (or reloaded) there and the model's
       vocabulary is the tokenizer's. Without it, no data: give `vocab_size` when the config
       leaves the model's vocabulary to the tokenizer (benchmarks, restoring a run).
+    local_dir: for a URL workdir, this host's folder for its tokenizer and token store
+      (`storage.local_dir(workdir)`, which `train_and_evaluate` gives).
     mesh: default: `config.mesh` over all devices (for a config not yet checked).
   """
   checked = config if isinstance(config, CheckedConfig) else check_config(config, mesh)
@@ -157,10 +159,11 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
   datasets = None
   if workdir is not None:
     datasets = get_datasets(
-        config.data, task.data_needs(config.data), workdir=workdir,
+        config.data, task.data_needs(config.data), workdir=workdir, local_dir=local_dir,
         global_batch_size=config.train.batch_size, seed=config.seed,
         eval_batch_size=config.train.eval_batch_size or None)
     vocab_size = datasets.vocab_size
+    workdir = storage.path(workdir)    # for the trainer: a URL's stays one (etils.epath)
   # The config's vocabulary wins; None means the tokenizer's (or the one given).
   vocab_size = checked.model_config.vocab_size or vocab_size
   if vocab_size is None:
@@ -190,5 +193,4 @@ def build(config: ml_collections.ConfigDict | CheckedConfig,
   return Experiment(config=config, task=task, model_config=cfg, model=model,
                     schedule=schedule, optimizer=tx, mesh=mesh, state_sharding=state_sharding,
                     abstract_state=abstract, init_state=init_state, train_fn=train_fn,
-                    eval_fn=eval_fn, datasets=datasets,
-                    workdir=None if workdir is None else storage.path(workdir))
+                    eval_fn=eval_fn, datasets=datasets, workdir=workdir)

@@ -502,7 +502,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           check_resume(config, saved, workdir, step)
           break
         checkpointer.close()
-      trainer = Trainer(experiment_lib.build(checked, workdir))
+      trainer = Trainer(experiment_lib.build(checked, workdir,
+                                             local_dir=storage.local_dir(workdir)))
       return trainer.run()
   except UserError:
     # A run that could not start leaves no folder behind it (one it created, that is).

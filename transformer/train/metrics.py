@@ -48,7 +48,7 @@ class MetricWriter:
     self._lines: list[str] = []
     if self._remote:
       self._tb_target = workdir / 'tensorboard'
-      tb_dir = storage.cache_dir('workdirs', workdir) / 'tensorboard'
+      tb_dir = storage.local_dir(workdir) / 'tensorboard'
       if self.path.exists():
         self._lines = [line for line in self.path.read_text().splitlines() if line.strip()]
         self._drop_after(0 if resume_step is None else resume_step)

@@ -44,7 +44,7 @@ def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   directory = storage.path(config.data.tokenizer_dir or workdir / 'tokenizer')
   if storage.is_url(directory) and (directory / 'tokenizer.json').is_file():
     # SentencePiece opens a local file: a copy in the cache, per workdir URL.
-    local = storage.cache_dir('workdirs', workdir) / 'tokenizer'
+    local = storage.local_dir(workdir) / 'tokenizer'
     storage.download_tree(directory, local)
     directory = local
   if (directory / 'tokenizer.json').is_file():
