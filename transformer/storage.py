@@ -81,7 +81,6 @@ def check_bucket(p) -> None:
   reached, or it is on S3 (below); a local path passes."""
   if not is_url(p):
     return
-  import fsspec
   url = os.fspath(p)
   _check_url(url)
   if url.startswith('s3://'):
@@ -93,6 +92,11 @@ def check_bucket(p) -> None:
     raise UserError(f'{url}: a workdir cannot be on s3:// yet: Orbax cannot write '
                     'checkpoints to S3 (it folds s3:// to s3:/); train into a gs:// or local '
                     'workdir (data.path may stay on s3://)')
+  _check_bucket_exists(url)
+
+
+def _check_bucket_exists(url: str) -> None:
+  import fsspec
   fs, _ = fsspec.core.url_to_fs(url)
   bucket = url.split('://', 1)[1].split('/', 1)[0]
   try:
@@ -137,6 +141,7 @@ def fetch(url) -> pathlib.Path:
   try:
     info = fs.info(remote)
   except FileNotFoundError:
+    _check_bucket_exists(url)    # a missing bucket says so, not "file not found"
     raise MissingFileError(f'Data file not found: {url}') from None
   version = (url, info.get('size'), info.get('generation') or info.get('ETag')
              or info.get('updated') or info.get('LastModified'))

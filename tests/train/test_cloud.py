@@ -84,6 +84,15 @@ def test_a_missing_bucket_is_one_line(gcs_bucket, tmp_path):
   assert len(lines) == 1 and "bucket no-such-bucket-here does not exist" in lines[0], result.stderr
 
 
+def test_a_corpus_in_a_missing_bucket_names_the_bucket(gcs_bucket, tmp_path, monkeypatch):
+  from transformer.errors import MissingFileError, UserError
+  monkeypatch.setenv('TRANSFORMER_CACHE', str(tmp_path / 'cache'))
+  with pytest.raises(UserError, match='bucket no-such-bucket-here does not exist'):
+    storage.fetch('gs://no-such-bucket-here/data/input.txt')
+  with pytest.raises(MissingFileError, match='Data file not found: gs://'):
+    storage.fetch(f'{gcs_bucket}/data/nope.txt')     # the bucket is there, the file is not
+
+
 def test_without_the_cloud_extra_a_url_is_one_line(monkeypatch):
   monkeypatch.setitem(sys.modules, 'gcsfs', None)     # import gcsfs fails
   with pytest.raises(UserError, match=r"gs:// paths need gcsfs: pip install "
