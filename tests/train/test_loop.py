@@ -366,7 +366,7 @@ import json, sys
 from tests.helpers import tiny_config
 from transformer.train import train_and_evaluate
 from transformer.train.trained_run import load_run
-config = tiny_config(**{'train.num_steps': 12, 'train.eval_every': 6,
+config = tiny_config(**{'train.num_steps': NUM_STEPS, 'train.eval_every': 6,
                         'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,
                         'train.eval_bleu': True, 'train.bleu_examples': 8})
 config.distributed.update(num_processes=2, process_id=PROCESS,
@@ -403,24 +403,32 @@ print(json.dumps(losses))
 """
 
 
-def test_two_processes_train_one_run_together(tmp_path):
+def _two_processes(workdir, num_steps: int) -> list[tuple[dict, str]]:
+  """Runs MULTI_PROCESS as processes 0 and 1 of one run: (their json line, stdout) each."""
   import socket
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=(
       '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
-  procs = [subprocess.Popen(
-      [sys.executable, '-c', MULTI_PROCESS.replace('PROCESS', str(i)).replace('PORT', str(port))
-       .replace('WORKDIR', str(tmp_path))], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  script = (MULTI_PROCESS.replace('PORT', str(port)).replace('WORKDIR', str(workdir))
+            .replace('NUM_STEPS', str(num_steps)))
+  procs = [subprocess.Popen([sys.executable, '-c', script.replace('PROCESS', str(i))],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
   outs = []
   for p in procs:
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    printed_examples = 'reference:' in stdout
-    assert printed_examples == (len(outs) == 1)   # process 0 prints decoded examples
+    outs.append((json.loads(stdout.strip().splitlines()[-1]), stdout))
+  return outs
+
+
+def test_two_processes_train_one_run_together_and_fall_back_from_a_damaged_checkpoint(
+    tmp_path):
+  runs = _two_processes(tmp_path, 12)
+  outs = [out for out, _ in runs]
+  assert ['reference:' in stdout for _, stdout in runs] == [True, False]  # examples: process 0
   assert [o['process'] for o in outs] == [0, 1]
   assert all(o['processes'] == 2 and o['devices'] == 2 for o in outs)
   assert outs[0]['metrics'] == outs[1]['metrics'] and 'eval/loss' in outs[0]['metrics']
@@ -432,6 +440,18 @@ def test_two_processes_train_one_run_together(tmp_path):
   reference = last_json_line(run_python(
       ONE_PROCESS_REFERENCE.replace('WORKDIR', str(tmp_path / 'reference')), devices=2))
   np.testing.assert_allclose(losses, reference, rtol=1e-5)
+
+  # The newest checkpoint truncated: both processes fall back to step 6, and both save
+  # step 12 again (each process's checkpoint manager must forget the one moved aside).
+  files = [p for p in (tmp_path / 'checkpoints' / '12' / 'state').rglob('*') if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+  (first, first_stdout), (second, _) = _two_processes(tmp_path, 18)
+  assert 'checkpoint 12 does not restore' in first_stdout, first_stdout
+  assert 'resuming from step 6 of 18' in first_stdout, first_stdout
+  assert first['metrics'] == second['metrics']
+  assert checkpoint_steps(tmp_path) == [12, 18]       # step 12 saved again by both
+  assert [p.name.split('-')[0] for p in (tmp_path / 'checkpoints_damaged').iterdir()] == ['12']
 
 
 def test_encoder_mlm_config_trains_on_a_local_text_file(tmp_path):

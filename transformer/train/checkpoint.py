@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from transformer import models, storage
@@ -109,11 +110,19 @@ class Checkpointer:
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored['config']
 
-  def quarantine(self, step: int) -> storage.AnyPath:
+  def quarantine(self, step: int, *, move: bool = True) -> storage.AnyPath:
     """Moves a damaged checkpoint out of the manager's sight (to
-    `../checkpoints_damaged/<step>-<time>`), where a user can still inspect it."""
+    `../checkpoints_damaged/<step>-<time>`), where a user can still inspect it.
+
+    With several processes every one calls it, and one moves the folder (`move`, process
+    0); all of them then forget the step, so that each saves it again when the run gets
+    there (a manager that still listed it would refuse: "already exists").
+    """
     target = self.directory.parent / 'checkpoints_damaged' / f'{step}-{int(time.time())}'
-    storage.move_tree(self.directory / str(step), target)
+    if move:
+      storage.move_tree(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
     self.manager.reload()
     return target
 
