@@ -71,6 +71,7 @@ def report(error: BaseException, *, debug: bool = False) -> int:
 
 _exiting = threading.Lock()   # held by the first lost-host exit: its line is the only one
 _stopped_exit: list = []
+_tell_others: list = []
 
 
 def at_stopped_exit(fn):
@@ -80,9 +81,18 @@ def at_stopped_exit(fn):
   return lambda: _stopped_exit.remove(fn) if fn in _stopped_exit else None
 
 
-def exit_stopped(error: 'HostLost', *, debug: bool = False):
-  """Reports `error` and leaves at once with status 3, from any thread; a second caller
-  (the main thread and peers.py's watcher may see the same loss) waits to be ended."""
+def at_user_stop(tell):
+  """`tell(message)` runs when this process stops on a user error (or a stopped run), and
+  the process then leaves at once (`exit_stopped`): peers.py tells a multi-process run's
+  other processes, which would otherwise wait for this one in their next collective, and
+  this one would wait for them in JAX's shutdown."""
+  _tell_others.append(tell)
+
+
+def exit_stopped(error: 'UserError | RunStopped', *, debug: bool = False):
+  """Reports `error` and leaves at once with its status (3 for a stopped run, 2 for a user
+  error), from any thread; a second caller (the main thread and peers.py's watcher may see
+  the same loss) waits to be ended."""
   import logging
   import os
   import sys
@@ -105,6 +115,11 @@ def guarded(fn, *args, debug: bool = False) -> int:
   except HostLost as error:
     exit_stopped(error, debug=debug)
   except (UserError, RunStopped) as error:
+    if _tell_others:
+      message = ' '.join(str(error).split()) or type(error).__name__
+      for tell in _tell_others:
+        tell(message)
+      exit_stopped(error, debug=debug)
     return report(error, debug=debug)
 
 

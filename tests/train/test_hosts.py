@@ -225,3 +225,29 @@ def test_a_slurm_step_is_found_through_its_environment(tmp_path):
   assert 'devices:' not in results[1][1]          # process 1 prints nothing of its own
   assert sorted(train_losses(tmp_path)) == list(range(1, 7))
   assert checkpoint_steps(tmp_path) == [5, 6]
+
+
+def test_a_user_error_on_one_host_ends_every_host_in_one_line(tmp_path):
+  """Process 0 alone finds the mistake (it trains the tokenizer while the others wait):
+  every process leaves at once with status 2 and one line that says what to change."""
+  corpus = tmp_path / 'input.txt'
+  corpus.write_text('the cat sat on the mat\n' * 200)
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'train.py', f'--config={REPO / "configs" / "shakespeare_char.py"}',
+       f'--workdir={tmp_path / "run"}', *flag_args({
+           **POD, 'data.path': str(corpus), 'data.tokenizer': 'sentencepiece',
+           'data.vocab_size': 100, 'distributed.num_processes': 2,
+           'distributed.process_id': i, 'distributed.coordinator_address': f'localhost:{port}'})],
+      cwd=REPO, env=host_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  start = time.time()
+  results = finish(procs, timeout=120)
+  seconds = time.time() - start
+  advice = 'SentencePiece vocab_size=100 is too small for this text'
+  (rc0, _, err0), (rc1, _, err1) = results
+  assert rc0 == 2 and err0.strip().splitlines()[-1].startswith(f'error: {advice}'), err0
+  assert rc1 == 2 and err1.strip().splitlines()[-1].startswith(
+      f'error: process 0 stopped: {advice}'), err1
+  assert 'Traceback' not in err0 + err1
+  assert seconds < 30, seconds      # not the heartbeat's 10 s, nor a shutdown's 30 s wait

@@ -15,8 +15,8 @@ from transformer import errors
 from transformer.train import peers
 
 # A process `me` of `count`, connected to process 0 on this machine; it prints `connected`,
-# then ends as argv[4] says: `exit` (in order), `crash` (an uncaught exception), else it
-# waits (to be killed, or told).
+# then ends as argv[4] says: `exit` (in order), `crash` (an uncaught exception), `mistake`
+# (a user error), else it waits (to be killed, or told).
 PEER = '''
 import sys, time
 from transformer.train import peers
@@ -30,6 +30,11 @@ if end == 'exit':
   sys.exit(0)
 if end == 'crash':
   raise RuntimeError('a bug')
+if end == 'mistake':
+  from transformer import errors
+  def fails():
+    raise errors.ConfigError('data.vocab_size is too small: set data.vocab_size >= 325')
+  sys.exit(errors.guarded(fails))
 time.sleep(120)
 '''
 
@@ -115,6 +120,27 @@ def test_an_orderly_end_or_a_stranger_is_no_alarm_and_a_crash_is(coordinator):
   assert crashed.returncode == 1 and 'RuntimeError: a bug' in stderr, stderr[-3000:]
   assert seen.wait(10), 'process 0 never noticed'
   assert lost == ['lost 1: its connection closed: killed or crashed']
+
+
+def test_a_user_error_ends_every_process_with_its_line(coordinator):
+  start, lost, seen = coordinator
+  watcher, port = start(3)
+  waiting = peer(2, 3, port, 'wait')
+  deadline = time.time() + 10
+  while 2 not in watcher.peers.values():
+    assert time.time() < deadline, watcher.peers
+    time.sleep(0.01)
+  mistaken = peer(1, 3, port, 'mistake')
+  _, stderr = mistaken.communicate(timeout=30)
+  line = 'data.vocab_size is too small: set data.vocab_size >= 325'
+  assert mistaken.returncode == 2 and stderr.strip().splitlines() == [f'error: {line}'], stderr
+  assert seen.wait(10), 'process 0 never heard'
+  assert lost == [f'process 1 stopped: {line}']
+  # Relayed by process 0: process 2 leaves too, status 2, with process 1's line.
+  _, stderr = waiting.communicate(timeout=30)
+  assert waiting.returncode == 2, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == f'error: process 1 stopped: {line}', stderr
+  assert 'Traceback' not in stderr
 
 
 def test_without_a_connection_the_run_goes_on(caplog):

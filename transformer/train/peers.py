@@ -19,10 +19,12 @@ A process that exits in order says `done` first (atexit), so its closing is no a
 that dies of an uncaught exception closes its connection right after its traceback, so
 the others stop at once instead of waiting in the next collective. Process 0 relays: when
 it loses process k it tells the others (`lost k`) before leaving, so each of them names
-the process that died, not process 0. A host that vanishes without closing its
-connections (power cut, network partition) is found by the heartbeat alone. Where the
-connection cannot be made (a firewall between hosts), the run goes on without it, with a
-warning.
+the process that died, not process 0. A process that stops on a user error (one line,
+status 2) says `stopped K <line>` before it leaves, and the others leave with that line
+and status 2, instead of waiting for it in their next collective. A host that vanishes
+without closing its connections (power cut, network partition) is found by the heartbeat
+alone. Where the connection cannot be made (a firewall between hosts), the run goes on
+without it, with a warning.
 """
 
 from __future__ import annotations
@@ -114,6 +116,11 @@ class _Watcher(threading.Thread):
       elif words[:1] == ['lost'] and len(words) == 2 and words[1].isdigit():
         # From process 0: process `words[1]` is gone.
         self._lost(int(words[1]), 'its connection to process 0 closed: killed or crashed')
+      elif words[:1] == ['stopped'] and len(words) > 2 and words[1].isdigit():
+        # Process `words[1]` stopped on a user error (process 0 relays it to the others).
+        if self.me == 0:
+          self._send_all(line.decode(errors='replace') + '\n')
+        self._stopped(int(words[1]), ' '.join(words[2:]))
 
   def _closed(self, connection: socket.socket) -> None:
     self.selector.unregister(connection)
@@ -132,6 +139,21 @@ class _Watcher(threading.Thread):
       line = self.line(process, reason)
     logging.warning('peers: %s', line)
     errors.exit_stopped(errors.HostLost(line))
+
+  def _stopped(self, process: int, message: str) -> None:
+    with self.lock:
+      if self.stopped:
+        return
+      self.stopped = True
+    errors.exit_stopped(errors.UserError(f'process {process} stopped: {message}'))
+
+  def tell_stopped(self, message: str) -> None:
+    """This process stops on a user error: the others stop too, with its line."""
+    with self.lock:
+      if self.stopped:
+        return
+      self.stopped = True
+    self._send_all(f'stopped {self.me} {message}\n')
 
   def _send_all(self, message: str) -> None:
     for connection in list(self.peers):
@@ -206,6 +228,7 @@ def watch(me: int, count: int, client, coordinator_host: str) -> None:
   # atexit runs last-registered first: `done` goes out before jax.distributed.shutdown
   # (registered when jax was imported) waits for the others.
   atexit.register(_watcher.done)
+  errors.at_user_stop(_watcher.tell_stopped)
   previous = sys.excepthook
 
   def crashed(*exc_info):
