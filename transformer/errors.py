@@ -57,6 +57,11 @@ class HostLost(RunStopped):
 
 # --- the command lines' side: one line per user error ---------------------------------------
 
+def one_line(error: BaseException) -> str:
+  """`error`'s message on one line (its type's name when it has none)."""
+  return ' '.join(str(error).split()) or type(error).__name__
+
+
 def report(error: BaseException, *, debug: bool = False) -> int:
   """Prints `error` for a user and returns the exit status (2, or 3 for a stopped run)."""
   import sys
@@ -64,8 +69,7 @@ def report(error: BaseException, *, debug: bool = False) -> int:
   if debug:
     traceback.print_exception(error)
   prefix = 'stopped' if isinstance(error, RunStopped) else 'error'
-  message = ' '.join(str(error).split()) or type(error).__name__
-  print(f'{prefix}: {message}', file=sys.stderr, flush=True)
+  print(f'{prefix}: {one_line(error)}', file=sys.stderr, flush=True)
   return 3 if isinstance(error, RunStopped) else 2
 
 
@@ -116,9 +120,8 @@ def guarded(fn, *args, debug: bool = False) -> int:
     exit_stopped(error, debug=debug)
   except (UserError, RunStopped) as error:
     if _tell_others:
-      message = ' '.join(str(error).split()) or type(error).__name__
       for tell in _tell_others:
-        tell(message)
+        tell(one_line(error))
       exit_stopped(error, debug=debug)
     return report(error, debug=debug)
 
