@@ -86,10 +86,11 @@ def at_stopped_exit(fn):
 
 
 def at_user_stop(tell):
-  """`tell(message)` runs when this process stops on a user error (or a stopped run), and
-  the process then leaves at once (`exit_stopped`): peers.py tells a multi-process run's
-  other processes, which would otherwise wait for this one in their next collective, and
-  this one would wait for them in JAX's shutdown."""
+  """`tell(message)` runs when this process stops on a user error, and the process then
+  leaves at once (`exit_stopped`): peers.py tells a multi-process run's other processes,
+  which would otherwise wait for this one in their next collective, and this one would
+  wait for them in JAX's shutdown. (A stopped run, a non-finite loss, stops every process
+  at the same step by itself, with status 3.)"""
   _tell_others.append(tell)
 
 
@@ -119,7 +120,7 @@ def guarded(fn, *args, debug: bool = False) -> int:
   except HostLost as error:
     exit_stopped(error, debug=debug)
   except (UserError, RunStopped) as error:
-    if _tell_others:
+    if _tell_others and isinstance(error, UserError):
       for tell in _tell_others:
         tell(one_line(error))
       exit_stopped(error, debug=debug)
