@@ -100,6 +100,27 @@ def test_without_the_cloud_extra_a_url_is_one_line(monkeypatch):
     storage.path('gs://bucket/run')
 
 
+@pytest.mark.parametrize('where', ['bucket', 'local'])
+def test_move_tree_moves_every_file_of_a_folder(where, gcs_bucket, tmp_path):
+  root = storage.path(gcs_bucket if where == 'bucket' else tmp_path)
+  source = root / 'checkpoints' / '12'
+  contents = {'_CHECKPOINT_METADATA': b'{}', 'state/d/0.0': os.urandom(3000),
+              'state/manifest.ocdbt': b'm', 'data/data.json': b'[1]'}
+  for name, data in contents.items():
+    (source / name).parent.mkdir(parents=True, exist_ok=True)
+    (source / name).write_bytes(data)
+  (root / 'checkpoints' / '6').mkdir(parents=True, exist_ok=True)
+  ((root / 'checkpoints' / '6') / 'kept').write_bytes(b'k')   # a neighbour stays put
+  target = root / 'checkpoints_damaged' / '12-1'
+  assert sorted(p.name for p in (root / 'checkpoints').iterdir()) == ['12', '6']
+  storage.move_tree(source, target)
+  # The folder's listing as epath (and so Orbax) sees it after the move, not a cached one.
+  assert sorted(p.name for p in (root / 'checkpoints').iterdir()) == ['6']
+  assert {n: (target / n).read_bytes() for n in storage.files(target)} == contents
+  assert storage.files(source) == [] and not source.exists()
+  assert storage.files(root / 'checkpoints') == ['6/kept']
+
+
 def test_a_workdir_url_is_locked_by_a_lease(gcs_bucket):
   from etils import epath
 
