@@ -369,6 +369,7 @@ from transformer.train.trained_run import load_run
 config = tiny_config(**{'train.num_steps': NUM_STEPS, 'train.eval_every': 6,
                         'train.checkpoint_every': 6, 'train.num_examples_to_show': 1,
                         'train.eval_bleu': True, 'train.bleu_examples': 8})
+config.mesh.update(data=1, fsdp=2)     # the state split between the processes
 config.distributed.update(num_processes=2, process_id=PROCESS,
                           coordinator_address='localhost:PORT')
 metrics = train_and_evaluate(config, 'WORKDIR')
@@ -388,6 +389,7 @@ from transformer.train.strategy import JitStrategy
 # What the two processes train together: one process with their two devices, fed the
 # concatenation of the two processes' shards of each global batch.
 config = tiny_config(**{'train.num_steps': 12})
+config.mesh.update(data=1, fsdp=2)
 exp = experiment.build(config, 'WORKDIR')
 needs = exp.task.data_needs(config.data)
 shards = [get_datasets(config.data, needs, workdir='WORKDIR', global_batch_size=16, seed=0,
@@ -426,6 +428,7 @@ def _two_processes(workdir, num_steps: int) -> list[tuple[dict, str]]:
 
 def test_two_processes_train_one_run_together_and_fall_back_from_a_damaged_checkpoint(
     tmp_path):
+  # Each process holds, writes and reads half of the state (fsdp over the two).
   runs = _two_processes(tmp_path, 12)
   outs = [out for out, _ in runs]
   assert ['reference:' in stdout for _, stdout in runs] == [True, False]  # examples: process 0
@@ -441,13 +444,17 @@ def test_two_processes_train_one_run_together_and_fall_back_from_a_damaged_check
       ONE_PROCESS_REFERENCE.replace('WORKDIR', str(tmp_path / 'reference')), devices=2))
   np.testing.assert_allclose(losses, reference, rtol=1e-5)
 
-  # The newest checkpoint truncated: both processes fall back to step 6, and both save
-  # step 12 again (each process's checkpoint manager must forget the one moved aside).
-  files = [p for p in (tmp_path / 'checkpoints' / '12' / 'state').rglob('*') if p.is_file()]
+  # A file of the newest checkpoint that only process 1 reads (its half of the state)
+  # truncated: process 1's restore fails, process 0's does not (before, process 1 then
+  # aborted in a mismatched collective). Both fall back to step 6 and both save step 12
+  # again (each process's checkpoint manager must forget the one moved aside).
+  files = [p for p in (tmp_path / 'checkpoints' / '12' / 'state' / 'ocdbt.process_1' / 'd'
+                       ).iterdir() if p.is_file()]
   largest = max(files, key=lambda p: p.stat().st_size)
   largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
   (first, first_stdout), (second, _) = _two_processes(tmp_path, 18)
-  assert 'checkpoint 12 does not restore' in first_stdout, first_stdout
+  assert ('checkpoint 12 does not restore (FailedOnAnotherProcess: process 1 could not '
+          'restore it)') in first_stdout, first_stdout
   assert 'resuming from step 6 of 18' in first_stdout, first_stdout
   assert first['metrics'] == second['metrics']
   assert checkpoint_steps(tmp_path) == [12, 18]       # step 12 saved again by both

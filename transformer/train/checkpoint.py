@@ -17,12 +17,25 @@ import time
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from transformer import models, storage
 from transformer.train import strategy as strategy_lib
+
+
+# The prefix of this manager's barrier names, set rather than left to Orbax (whose
+# synchronous and asynchronous checkpointers default to different ones), and the name of
+# the barrier that ends every restore.
+_BARRIER_PREFIX = 'transformer'
+_RESTORE_BARRIER = ocp.multihost.unique_barrier_key('Checkpointer:restore',
+                                                    prefix=_BARRIER_PREFIX)
+
+
+class FailedOnAnotherProcess(Exception):
+  """A checkpoint that restored on this process but not on another one."""
 
 
 class Checkpointer:
@@ -42,6 +55,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=asynchronous,
         preservation_policy=policies.AnyPreservationPolicy(keep),
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=_BARRIER_PREFIX),
         create=True)
     self.best_metric = best_metric
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -93,22 +108,41 @@ class Checkpointer:
     return self._restore(step, abstract_state)
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=ocp.args.JsonRestore(),
-                                      config=ocp.args.JsonRestore()))
+    restored = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state),
+                                   data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
     return restored['state'], restored['data'], restored['config']
 
   def restore_state(self, step: int, abstract_state: Any) -> Any:
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return restored['state']
+    return self._restore_items(step, state=ocp.args.StandardRestore(abstract_state))['state']
 
   def restore_config(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored['config']
+    return self._restore_items(step, config=ocp.args.JsonRestore())['config']
+
+  def _restore_items(self, step: int, **items) -> Any:
+    """`manager.restore`, which fails on every process when it fails on one (each
+    process reads its own shards, so a lost or truncated file may fail only some): they
+    all go on to the same next call, and fall back together."""
+    try:
+      restored, error = self.manager.restore(step, args=ocp.args.Composite(**items)), None
+    except Exception as e:   # re-raised below, on every process
+      restored, error = None, e
+      if jax.process_count() > 1:
+        # Orbax ends every restore in a barrier across the processes, a collective (in
+        # orbax-checkpoint 0.12.8: `sync_global_processes` at the end of
+        # Checkpointer.restore), which a failed read never reached: the others wait in
+        # it, and this process's next collective would meet theirs as a mismatch (gloo
+        # aborts the process). It takes its part here. (Had Orbax renamed the barrier,
+        # sync_global_devices would say that the names differ, rather than hang.)
+        multihost_utils.sync_global_devices(_RESTORE_BARRIER)
+    if jax.process_count() > 1:
+      failed = multihost_utils.process_allgather(np.array(error is not None))
+      if error is None and failed.any():
+        where = ', '.join(map(str, np.flatnonzero(failed)))
+        raise FailedOnAnotherProcess(f'process {where} could not restore it')
+    if error is not None:
+      raise error
+    return restored
 
   def quarantine(self, step: int, *, move: bool = True) -> storage.AnyPath:
     """Moves a damaged checkpoint out of the manager's sight (to

@@ -233,20 +233,15 @@ class Trainer:
     newest checkpoint that restores; a damaged one is reported and moved aside."""
     iterator = self.experiment.datasets.train_iter()
     for step in reversed(self.checkpointer.all_steps()):
-      reason = None
       try:
         state, data_state, _ = self.checkpointer.restore(
             step, self.experiment.abstract_state,
             scan_layers=self.experiment.model_config.scan_layers)
       except Exception as error:   # a damaged checkpoint: files lost or truncated
-        reason = restore_reason(error)
-      # Every process falls back together, or their steps and collectives would part.
-      if _on_any_process(reason is not None) and reason is None:
-        reason = 'it does not restore on another process'
-      if reason is not None:
+        # (It fails on every process together: see Checkpointer._restore_items.)
         where = self.checkpointer.quarantine(step, move=self.is_main)
-        self._say(f'checkpoint {step} does not restore ({reason}); moved it to {where} and '
-                  'trying the one before it')
+        self._say(f'checkpoint {step} does not restore ({restore_reason(error)}); moved it '
+                  f'to {where} and trying the one before it')
         continue
       if data_state:
         iterator.set_state(self._own_data_state(data_state, step))
@@ -456,13 +451,6 @@ class Trainer:
 _PEER_FAILURE_MARKERS = ('gloo', 'nccl', 'connection reset', 'connection closed',
                          'connection refused', 'socket closed', 'heartbeat', 'unavailable:',
                          'broken pipe', 'end of file', 'task is set to error')
-
-
-def _on_any_process(flag: bool) -> bool:
-  """Whether `flag` holds on any process (every process must call it)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.array(flag)).any())
 
 
 def _peer_failure(error: BaseException) -> bool:
