@@ -6,7 +6,8 @@ when complete, so a crash never leaves a half-written newest checkpoint behind. 
 `max_to_keep` checkpoints are kept, plus the best one by `best_metric` when given (metrics
 that are not finite never count as best). A checkpoint that fails to restore (a file lost
 or truncated) is moved aside to `workdir/checkpoints_damaged/` by `quarantine`, never
-deleted, and the run falls back to the one before it.
+deleted, and the run falls back to the one before it; with several processes a restore
+that fails on one fails on all of them, so they fall back together.
 """
 
 from __future__ import annotations
