@@ -35,10 +35,11 @@ class RunStopped(RuntimeError):
   """The run stopped on purpose before its last step (e.g. a non-finite loss)."""
 
 
-def restore_reason(error: BaseException) -> str:
-  """One readable line for why a checkpoint did not restore: the error's first line,
-  without the handle of a C++ method that TensorStore's messages embed ('See full
-  TensorStore details: <bound method ...>')."""
+def typed_line(error: BaseException) -> str:
+  """One readable line for an error told in another's words (why a checkpoint did not
+  restore, what another process crashed of): its type and first line, without the handle
+  of a C++ method that TensorStore's messages embed ('See full TensorStore details:
+  <bound method ...>')."""
   import re
   text = (str(error).strip().splitlines() or [''])[0]
   text = re.sub(r'\s*See full TensorStore details:.*', '', text)

@@ -78,10 +78,10 @@ def test_bad_config_values(tmp_path):
 
 
 def test_a_restore_error_reads_as_one_clean_line():
-  from transformer.errors import restore_reason
+  from transformer.errors import typed_line
   error = Exception('Encountered error while reading array index: (slice(0, 128, 1),). See '
                     'full TensorStore details: <bound method pybind11_detail_function_record_'
                     'v1_system_libstdcpp_gxx_ab\nmore')
-  assert restore_reason(error) == ('Exception: Encountered error while reading array index: '
+  assert typed_line(error) == ('Exception: Encountered error while reading array index: '
                                    '(slice(0, 128, 1),)')
-  assert restore_reason(ValueError()) == 'ValueError'
+  assert typed_line(ValueError()) == 'ValueError'

@@ -119,7 +119,26 @@ def test_an_orderly_end_or_a_stranger_is_no_alarm_and_a_crash_is(coordinator):
   _, stderr = crashed.communicate(timeout=30)
   assert crashed.returncode == 1 and 'RuntimeError: a bug' in stderr, stderr[-3000:]
   assert seen.wait(10), 'process 0 never noticed'
-  assert lost == ['lost 1: its connection closed: killed or crashed']
+  assert lost == ['lost 1: it crashed: RuntimeError: a bug']   # named, and only once
+
+
+def test_a_crash_is_named_by_every_survivor(coordinator):
+  start, lost, seen = coordinator
+  watcher, port = start(3)
+  waiting = peer(2, 3, port, 'wait')
+  deadline = time.time() + 10
+  while 2 not in watcher.peers.values():
+    assert time.time() < deadline, watcher.peers
+    time.sleep(0.01)
+  crashed = peer(1, 3, port, 'crash')
+  assert crashed.wait(30) == 1
+  assert seen.wait(10), 'process 0 never noticed'
+  # Relayed by process 0: process 2 leaves with status 3, naming process 1's error.
+  _, stderr = waiting.communicate(timeout=30)
+  assert waiting.returncode == 3, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+      'stopped: process 2 of 3 lost contact with process 1 (it crashed: RuntimeError: a '
+      'bug)'), stderr[-3000:]
 
 
 def test_a_user_error_ends_every_process_with_its_line(coordinator):

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from transformer import storage
-from transformer.errors import HostLost, RunStopped, UserError, restore_reason
+from transformer.errors import HostLost, RunStopped, UserError, typed_line
 from transformer.tasks import DecodeSettings
 from transformer.train import experiment as experiment_lib
 from transformer.train import checkpoint as checkpoint_lib
@@ -240,7 +240,7 @@ class Trainer:
       except Exception as error:   # a damaged checkpoint: files lost or truncated
         # (It fails on every process together: see Checkpointer._restore_items.)
         where = self.checkpointer.quarantine(step, move=self.is_main)
-        self._say(f'checkpoint {step} does not restore ({restore_reason(error)}); moved it '
+        self._say(f'checkpoint {step} does not restore ({typed_line(error)}); moved it '
                   f'to {where} and trying the one before it')
         continue
       if data_state:

@@ -17,9 +17,10 @@ whatever its main thread is blocked in.
 
 A process that exits in order says `done` first (atexit), so its closing is no alarm; one
 that dies of an uncaught exception closes its connection right after its traceback, so
-the others stop at once instead of waiting in the next collective. Process 0 relays: when
-it loses process k it tells the others (`lost k`) before leaving, so each of them names
-the process that died, not process 0. A process that stops on a user error (one line,
+the others stop at once instead of waiting in the next collective; it says `crashed K
+<the exception's line>` first, so their line names the error. Process 0 relays: when it
+loses process k it tells the others (`lost k`, `crashed k ...`) before leaving, so each of
+them names the process that died, not process 0. A process that stops on a user error (one line,
 status 2) says `stopped K <line>` before it leaves, and the others leave with that line
 and status 2, instead of waiting for it in their next collective. A host that vanishes
 without closing its connections (power cut, network partition) is found by the heartbeat
@@ -116,10 +117,15 @@ class _Watcher(threading.Thread):
       elif words[:1] == ['lost'] and len(words) == 2 and words[1].isdigit():
         # From process 0: process `words[1]` is gone.
         self._lost(int(words[1]), 'its connection to process 0 closed: killed or crashed')
+      elif words[:1] == ['crashed'] and len(words) > 2 and words[1].isdigit():
+        # Process `words[1]` is dying of an uncaught exception, named (process 0 relays).
+        if self.me == 0:
+          self._send_all(line.decode(errors='replace') + '\n', but=connection)
+        self._lost(int(words[1]), 'it crashed: ' + ' '.join(words[2:]))
       elif words[:1] == ['stopped'] and len(words) > 2 and words[1].isdigit():
         # Process `words[1]` stopped on a user error (process 0 relays it to the others).
         if self.me == 0:
-          self._send_all(line.decode(errors='replace') + '\n')
+          self._send_all(line.decode(errors='replace') + '\n', but=connection)
         self._stopped(int(words[1]), ' '.join(words[2:]))
 
   def _closed(self, connection: socket.socket) -> None:
@@ -136,6 +142,7 @@ class _Watcher(threading.Thread):
     with self.lock:
       if self.stopped:
         return
+      self.stopped = True   # one line: a crash's news comes before its connection closes
       line = self.line(process, reason)
     logging.warning('peers: %s', line)
     errors.exit_stopped(errors.HostLost(line))
@@ -155,8 +162,10 @@ class _Watcher(threading.Thread):
       self.stopped = True
     self._send_all(f'stopped {self.me} {message}\n')
 
-  def _send_all(self, message: str) -> None:
+  def _send_all(self, message: str, but: socket.socket | None = None) -> None:
     for connection in list(self.peers):
+      if connection is but:
+        continue
       try:
         connection.sendall(message.encode())
       except OSError:
@@ -170,10 +179,14 @@ class _Watcher(threading.Thread):
       self.stopped = True
     self._send_all('done\n')
 
-  def abandon(self) -> None:
-    """Closes every connection unannounced: the others take this process for lost."""
+  def tell_crashed(self, message: str) -> None:
+    """This process dies of an uncaught exception (its traceback is out): the others
+    leave at once, naming it and `message`, rather than only 'killed or crashed'."""
     with self.lock:
-      self.stopped = True
+      tell, self.stopped = not self.stopped, True
+    if tell:
+      self._send_all(f'crashed {self.me} {message}\n')
+    # Closed now, not at exit: the others' line must not wait for JAX's shutdown.
     for connection in [*self.peers, self.listener]:
       if connection is not None:
         try:
@@ -233,7 +246,7 @@ def watch(me: int, count: int, client, coordinator_host: str) -> None:
 
   def crashed(*exc_info):
     previous(*exc_info)   # the traceback first, then the others are told
-    _watcher.abandon()
+    _watcher.tell_crashed(errors.typed_line(exc_info[1]))
   sys.excepthook = crashed
 
 

@@ -20,7 +20,7 @@ import ml_collections
 from transformer.train import experiment as experiment_lib
 from transformer import sharding, storage
 from transformer.data.tokenizers import load_tokenizer, synthetic_tokenizer
-from transformer.errors import CheckpointError, UserError
+from transformer.errors import CheckpointError, UserError, typed_line
 from transformer.train import checkpoint as checkpoint_lib
 
 
@@ -56,11 +56,6 @@ def run_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 
 def one_device_mesh():
   return sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
-
-
-def _first_line(error: Exception) -> str:
-  from transformer.errors import restore_reason
-  return restore_reason(error)
 
 
 def load_run(workdir: str | pathlib.Path, *, step: int | None = None, average_last: int = 1,
@@ -102,7 +97,7 @@ def load_run(workdir: str | pathlib.Path, *, step: int | None = None, average_la
       raise
     except Exception as error:   # a damaged checkpoint
       report(f'checkpoint {candidate} in {checkpoint_dir} does not restore '
-             f'({_first_line(error)}); using the ones before it')
+             f'({typed_line(error)}); using the ones before it')
       continue
     # The paper (section 6.1) averages the last 5 checkpoints of its base models: a sum
     # in float32, one checkpoint in memory at a time.
