@@ -122,7 +122,8 @@ def test_an_orderly_end_or_a_stranger_is_no_alarm_and_a_crash_is(coordinator):
   assert lost == ['lost 1: it crashed: RuntimeError: a bug']   # named, and only once
 
 
-def test_a_crash_is_named_by_every_survivor(coordinator):
+def _three_with_process_2_waiting(coordinator):
+  """Process 0's watcher of 3 processes, process 2 connected and waiting (to be told)."""
   start, lost, seen = coordinator
   watcher, port = start(3)
   waiting = peer(2, 3, port, 'wait')
@@ -130,9 +131,15 @@ def test_a_crash_is_named_by_every_survivor(coordinator):
   while 2 not in watcher.peers.values():
     assert time.time() < deadline, watcher.peers
     time.sleep(0.01)
+  return lost, seen, port, waiting
+
+
+def test_a_crash_is_named_by_every_survivor(coordinator):
+  lost, seen, port, waiting = _three_with_process_2_waiting(coordinator)
   crashed = peer(1, 3, port, 'crash')
   assert crashed.wait(30) == 1
   assert seen.wait(10), 'process 0 never noticed'
+  assert lost == ['process 0 of 3 lost contact with process 1 (it crashed: RuntimeError: a bug)']
   # Relayed by process 0: process 2 leaves with status 3, naming process 1's error.
   _, stderr = waiting.communicate(timeout=30)
   assert waiting.returncode == 3, stderr[-3000:]
@@ -142,13 +149,7 @@ def test_a_crash_is_named_by_every_survivor(coordinator):
 
 
 def test_a_user_error_ends_every_process_with_its_line(coordinator):
-  start, lost, seen = coordinator
-  watcher, port = start(3)
-  waiting = peer(2, 3, port, 'wait')
-  deadline = time.time() + 10
-  while 2 not in watcher.peers.values():
-    assert time.time() < deadline, watcher.peers
-    time.sleep(0.01)
+  lost, seen, port, waiting = _three_with_process_2_waiting(coordinator)
   mistaken = peer(1, 3, port, 'mistake')
   _, stderr = mistaken.communicate(timeout=30)
   line = 'data.vocab_size is too small: set data.vocab_size >= 325'
