@@ -83,5 +83,5 @@ def test_a_restore_error_reads_as_one_clean_line():
                     'full TensorStore details: <bound method pybind11_detail_function_record_'
                     'v1_system_libstdcpp_gxx_ab\nmore')
   assert typed_line(error) == ('Exception: Encountered error while reading array index: '
-                                   '(slice(0, 128, 1),)')
+                               '(slice(0, 128, 1),)')
   assert typed_line(ValueError()) == 'ValueError'

@@ -19,10 +19,10 @@ A process that exits in order says `done` first (atexit), so its closing is no a
 that dies of an uncaught exception closes its connection right after its traceback, so
 the others stop at once instead of waiting in the next collective; it says `crashed K
 <the exception's line>` first, so their line names the error. Process 0 relays: when it
-loses process k it tells the others (`lost k`, `crashed k ...`) before leaving, so each of
-them names the process that died, not process 0. A process that stops on a user error (one line,
-status 2) says `stopped K <line>` before it leaves, and the others leave with that line
-and status 2, instead of waiting for it in their next collective. A host that vanishes
+loses process k it tells the others (`lost k`, `crashed k ...`) before leaving, so each
+of them names the process that died, not process 0. A process that stops on a user error
+(one line, status 2) says `stopped K <line>` before it leaves, and the others leave with
+that line and status 2, instead of waiting for it in their next collective. A host that vanishes
 without closing its connections (power cut, network partition) is found by the heartbeat
 alone. Where the connection cannot be made (a firewall between hosts), the run goes on
 without it, with a warning.
