@@ -139,6 +139,45 @@ def test_a_workdir_url_is_locked_by_a_lease(gcs_bucket):
     assert json.loads((epath.Path(url) / '.lock').read_text())['token'] != 'x'
 
 
+def test_a_lost_host_exit_waits_for_a_lease_release_under_way(gcs_bucket):
+  """A survivor's exit (peers.py's thread, `errors.exit_stopped`) may come while the main
+  thread is leaving the lock's `with` block: it must wait for that release, not skip it
+  (the restarted run would wait out the lease)."""
+  import threading
+
+  from etils import epath
+
+  from transformer import errors
+  from transformer.train.workdir import WorkdirLock
+  url = f'{gcs_bucket}/leaving'
+  lock = WorkdirLock(url, lease_seconds=30)
+  lock.__enter__()
+  lease = lock._lease
+  reading, go_on = threading.Event(), threading.Event()
+  read = lease._read
+
+  def slow_read():   # the release's read of the lease, held until the exit is under way
+    reading.set()
+    assert go_on.wait(30)
+    return read()
+  lease._read = slow_read
+  leaving = threading.Thread(target=lock.__exit__, args=(None, None, None))
+  leaving.start()
+  assert reading.wait(30)
+  lease._read = read
+  # What exit_stopped runs before os._exit.
+  exiting = threading.Thread(target=lambda: [fn() for fn in list(errors._stopped_exit)])
+  exiting.start()
+  exiting.join(0.5)
+  assert exiting.is_alive()   # waiting for the release under way
+  go_on.set()
+  leaving.join(30)
+  exiting.join(30)
+  assert not leaving.is_alive() and not exiting.is_alive()
+  assert not (epath.Path(url) / '.lock').exists()
+  assert lease not in [getattr(fn, '__self__', None) for fn in errors._stopped_exit]
+
+
 @pytest.mark.slow
 def test_a_corpus_in_a_bucket_and_a_published_tokenizer(gcs_bucket, tmp_path):
   from etils import epath

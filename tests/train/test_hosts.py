@@ -43,7 +43,7 @@ def free_port(candidates=(0,)) -> int:
 
 
 def host_env(extra: dict | None = None) -> dict:
-  env = dict(os.environ, PYTHONPATH=str(REPO),
+  env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER='1',
              XLA_FLAGS='--xla_cpu_collective_call_terminate_timeout_seconds=600')
   env.update(extra or {})
   return env
@@ -55,9 +55,19 @@ def finish(procs, timeout: float = 300) -> list[tuple[int, str, str]]:
     try:
       stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+      # Each process's Python stacks (faulthandler, host_env) say where it hung.
       for q in procs:
-        q.kill()
-      raise
+        if q.poll() is None:
+          q.send_signal(signal.SIGABRT)
+      tails = []
+      for q in procs:
+        try:
+          tails.append(q.communicate(timeout=30)[1][-20000:])
+        except subprocess.TimeoutExpired:
+          q.kill()
+          tails.append(q.communicate()[1][-20000:])
+      raise AssertionError(f'timed out after {timeout} s:\n' + '\n'.join(
+          f'--- process {i} ---\n{tail}' for i, tail in enumerate(tails))) from None
     results.append((p.returncode, stdout, stderr))
   return results
 
@@ -189,7 +199,7 @@ def test_two_hosts_sharing_only_a_bucket_are_preempted_killed_and_resume_exactly
   assert newest > preempted
   assert f'The newest checkpoint is step {newest} in {gcs_bucket}/run/checkpoints' in lines[0]
   # The survivor gave the workdir's lease back on its way out (no wait to resume).
-  assert not (epath.Path(gcs_bucket) / 'run' / '.lock').exists()
+  assert not (epath.Path(gcs_bucket) / 'run' / '.lock').exists(), stderr[-3000:]
 
   # Both hosts again: the run resumes from there to its end ...
   num_steps = newest + 5

@@ -77,8 +77,10 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     if self._lease is not None and self.enabled:
-      self._forget()
+      # Released before it is unregistered: a lost host's exit (another thread, at any
+      # moment) then either finds this release done or waits for it to finish.
       self._lease.release()
+      self._forget()
     if self._file is not None:
       self.path.unlink(missing_ok=True)
       fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -106,6 +108,8 @@ class _Lease:
     self.token = uuid.uuid4().hex
     self._stop = threading.Event()
     self._thread = None
+    self._releasing = threading.Lock()
+    self._released = False
 
   def _read(self) -> dict | None:
     try:
@@ -143,13 +147,20 @@ class _Lease:
       self._write()
 
   def release(self) -> None:
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
-      self._thread = None
-    lease = self._read()
-    if lease and lease.get('token') == self.token:
-      self.path.unlink(missing_ok=True)
+    """Stops the renewal and deletes the lease if it is still ours. Once only: a second
+    caller (the main thread leaving its `with` block while a lost host's exit releases it
+    from another) waits until the first has finished."""
+    with self._releasing:
+      if self._released:
+        return
+      self._stop.set()
+      if self._thread is not None:
+        self._thread.join()
+        self._thread = None
+      lease = self._read()
+      if lease and lease.get('token') == self.token:
+        self.path.unlink(missing_ok=True)
+      self._released = True
 
 
 def stored_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
