@@ -7,6 +7,7 @@ imports it the same way.
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -42,6 +43,44 @@ def tiny_config(name: str = 'default', **changes):
 
 def flag_args(overrides: dict[str, object]) -> list[str]:
   return [f'--config.{k}={v}' for k, v in overrides.items()]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300
+           ) -> list[tuple[int, str, str]]:
+  """(status, stdout, stderr) of each of the processes of one multi-process run. One that
+  has not ended within `timeout` fails the test with every process's Python stacks (each
+  started with PYTHONFAULTHANDLER=1, as `multi_process_env` does, is sent SIGABRT)."""
+  results = []
+  for p in procs:
+    try:
+      stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        if q.poll() is None:
+          q.send_signal(signal.SIGABRT)
+      tails = []
+      for q in procs:
+        try:
+          stderr = q.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+          q.kill()
+          stderr = q.communicate()[1]
+        dump = stderr.rfind('Fatal Python error')   # the stacks, not what follows them
+        tails.append(stderr[-20000:] if dump < 0 else stderr[max(0, dump - 2000):][:20000])
+      raise AssertionError(f'timed out after {timeout} s:\n' + '\n'.join(
+          f'--- process {i} ---\n{tail}' for i, tail in enumerate(tails))) from None
+    results.append((p.returncode, stdout, stderr))
+  return results
+
+
+def multi_process_env(extra: dict | None = None) -> dict[str, str]:
+  """The environment of one process of a multi-process run started by a test: the repo
+  importable, Python's stacks dumped on a fatal signal (`finish`), and gloo's collectives
+  given 10 minutes (a loaded machine) before they end the process."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER='1',
+             XLA_FLAGS='--xla_cpu_collective_call_terminate_timeout_seconds=600')
+  env.update(extra or {})
+  return env
 
 
 def multi30k_config(**overrides):

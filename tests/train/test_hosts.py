@@ -11,7 +11,6 @@ uninterrupted two-host run does. `python -m pytest -q tests/train/test_hosts.py`
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,8 @@ import time
 import pytest
 
 from tests.conftest import SHAKESPEARE, require
-from tests.helpers import REPO, checkpoint_steps, flag_args, tiny_overrides
+from tests.helpers import (REPO, checkpoint_steps, finish, flag_args, multi_process_env,
+                           tiny_overrides)
 from transformer import storage
 from transformer.train import metrics as metrics_lib
 
@@ -40,36 +40,6 @@ def free_port(candidates=(0,)) -> int:
         continue
       return s.getsockname()[1]
   raise AssertionError('no free port')
-
-
-def host_env(extra: dict | None = None) -> dict:
-  env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER='1',
-             XLA_FLAGS='--xla_cpu_collective_call_terminate_timeout_seconds=600')
-  env.update(extra or {})
-  return env
-
-
-def finish(procs, timeout: float = 300) -> list[tuple[int, str, str]]:
-  results = []
-  for p in procs:
-    try:
-      stdout, stderr = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      # Each process's Python stacks (faulthandler, host_env) say where it hung.
-      for q in procs:
-        if q.poll() is None:
-          q.send_signal(signal.SIGABRT)
-      tails = []
-      for q in procs:
-        try:
-          tails.append(q.communicate(timeout=30)[1][-20000:])
-        except subprocess.TimeoutExpired:
-          q.kill()
-          tails.append(q.communicate()[1][-20000:])
-      raise AssertionError(f'timed out after {timeout} s:\n' + '\n'.join(
-          f'--- process {i} ---\n{tail}' for i, tail in enumerate(tails))) from None
-    results.append((p.returncode, stdout, stderr))
-  return results
 
 
 def train_losses(workdir) -> dict[int, float]:
@@ -105,7 +75,7 @@ class Pod:
       flags = {**overrides, 'data.path': f'{self.bucket}/data/input.txt',
                'distributed.num_processes': 2, 'distributed.process_id': i,
                'distributed.coordinator_address': f'localhost:{port}'}
-      env = host_env({'HOME': str(home), 'TMPDIR': str(home / 'tmp')})
+      env = multi_process_env({'HOME': str(home), 'TMPDIR': str(home / 'tmp')})
       # The host's own compilation cache (train.py's default, ~/.cache/transformer/xla),
       # not the tests' shared one: nothing of the run outside the bucket and ~/.cache.
       env.pop('JAX_COMPILATION_CACHE_DIR', None)
@@ -226,7 +196,7 @@ def test_a_slurm_step_is_found_through_its_environment(tmp_path):
   overrides = {**OVERRIDES, 'train.num_steps': 6, 'distributed.auto': True}
   procs = [subprocess.Popen(
       [sys.executable, 'train.py', f'--workdir={tmp_path}', *flag_args(overrides)], cwd=REPO,
-      env=host_env({**slurm, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)}),
+      env=multi_process_env({**slurm, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)}),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   results = finish(procs)
   for rc, _, stderr in results:
@@ -249,7 +219,7 @@ def test_a_user_error_on_one_host_ends_every_host_in_one_line(tmp_path):
            **POD, 'data.path': str(corpus), 'data.tokenizer': 'sentencepiece',
            'data.vocab_size': 100, 'distributed.num_processes': 2,
            'distributed.process_id': i, 'distributed.coordinator_address': f'localhost:{port}'})],
-      cwd=REPO, env=host_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=multi_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   start = time.time()
   results = finish(procs, timeout=120)

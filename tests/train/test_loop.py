@@ -16,8 +16,9 @@ from transformer.train import metrics as metrics_lib
 from transformer.train import train_and_evaluate
 from transformer.train.trained_run import load_run
 
-from tests.helpers import (REPO, checkpoint_steps, flag_args, last_json_line, load_config,
-                           make_trainer, run_python, tiny_config, tiny_overrides, train_py)
+from tests.helpers import (REPO, checkpoint_steps, finish, flag_args, last_json_line,
+                           load_config, make_trainer, multi_process_env, run_python,
+                           tiny_config, tiny_overrides, train_py)
 
 pytestmark = pytest.mark.slow
 
@@ -411,17 +412,14 @@ def _two_processes(workdir, num_steps: int) -> list[tuple[dict, str]]:
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=(
-      '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
   script = (MULTI_PROCESS.replace('PORT', str(port)).replace('WORKDIR', str(workdir))
             .replace('NUM_STEPS', str(num_steps)))
   procs = [subprocess.Popen([sys.executable, '-c', script.replace('PROCESS', str(i))],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+                            cwd=REPO, env=multi_process_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = []
-  for p in procs:
-    stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 0, stderr[-3000:]
+  for returncode, stdout, stderr in finish(procs):
+    assert returncode == 0, stderr[-3000:]
     outs.append((json.loads(stdout.strip().splitlines()[-1]), stdout))
   return outs
 
