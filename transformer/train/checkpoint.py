@@ -12,6 +12,7 @@ that fails on one fails on all of them, so they fall back together.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pathlib
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
+from orbax.checkpoint._src import asyncio_utils as ocp_asyncio
 
 from transformer import models, storage
 from transformer.train import strategy as strategy_lib
@@ -37,6 +39,37 @@ _RESTORE_BARRIER = ocp.multihost.unique_barrier_key('Checkpointer:restore',
 
 class FailedOnAnotherProcess(Exception):
   """A checkpoint that restored on this process but not on another one."""
+
+
+def _run_in_a_new_loop(coro):
+  """Orbax's `asyncio_utils._run_sync_via_new_loop`, but the loop's unfinished tasks are
+  cancelled and awaited before it is closed.
+
+  Orbax (0.12.8) closes the loop as it is: when one read of a restore fails, the others
+  are left suspended on their TensorStore futures, and the garbage collector destroys them
+  later, from whatever code it interrupts. That destruction can block in native code
+  holding the GIL (TensorStore waits for a callback that waits for the GIL): a two-process
+  fallback from a damaged checkpoint hung so, in CI and in 1 run in 2 under load, in a
+  collection at its compile wait, at its end-of-run save, or in an explicit gc.collect().
+  """
+  loop = asyncio.new_event_loop()
+  try:
+    asyncio.set_event_loop(loop)
+    try:
+      return loop.run_until_complete(coro)
+    finally:
+      left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+      for task in left:
+        task.cancel()
+      if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+  finally:
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+if hasattr(ocp_asyncio, '_run_sync_via_new_loop'):
+  ocp_asyncio._run_sync_via_new_loop = _run_in_a_new_loop
 
 
 class Checkpointer:
